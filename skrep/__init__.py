@@ -1,0 +1,13 @@
+"""skrep: explain a trained model's predictions by the training points and neurons behind them.
+
+Every explainer has scikit-learn's estimator shape: ``fit`` on the training set, ``explain``
+on test points, ``score`` for model selection. See shared/DESIGN.md for the architecture.
+"""
+
+from ._version import __version__
+from .adapters import LinearAdapter, TorchAdapter, make_adapter
+from .explainers import BaseExplainer, RepresenterPoints
+from .explanation import Explanation
+
+__all__ = ["BaseExplainer", "Explanation", "LinearAdapter", "RepresenterPoints", "TorchAdapter",
+           "__version__", "make_adapter"]

@@ -1,0 +1,82 @@
+"""The LastLayer protocol: every model seen as ``logits = phi(x) @ weight + bias``."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from ..losses import Loss
+
+__all__ = ["LastLayer", "encode_labels"]
+
+
+@runtime_checkable
+class LastLayer(Protocol):
+    """What an adapter gives an explainer (shared/DESIGN.md section 2).
+
+    Attributes
+    ----------
+    weight : Tensor of shape (d, k)
+        The linear head; ``logits = features @ weight + bias``.
+    bias : Tensor of shape (k,)
+    has_bias : bool
+        Whether the bias is a free parameter of the model (False for ``bias=False`` layers).
+    mask : Tensor of shape (d, k) or None
+        Which head entries are free parameters (None: all of them).
+    loss : Loss
+        The loss the head is trained with ('softmax', 'logistic' or 'squared').
+    classes_ : ndarray or None
+        The class labels in logit order (None for regression).
+    """
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    has_bias: bool
+    mask: torch.Tensor | None
+    loss: Loss
+    classes_: np.ndarray | None
+
+    def forward(self, X: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features (n, d) and the model's own logits (n, k), in one pass, no grad."""
+
+    def features(self, X: Any) -> torch.Tensor:
+        """Penultimate representation phi(X), shape (n, d)."""
+
+    def logits(self, X: Any) -> torch.Tensor:
+        """The model's own raw output, shape (n, k)."""
+
+    def penalty_l2(self, n_samples: int) -> float | None:
+        """The model's L2 strength as ``l2`` in ``mean loss + l2 / 2 ||w||^2`` (None: unknown)."""
+
+
+def encode_labels(y: Any, classes: np.ndarray | None, name: str = "y") -> torch.Tensor:
+    """Map labels to class indices of the head (classification) or floats (regression).
+
+    Raises a ValueError naming the labels that the model does not know.
+    """
+    y = np.asarray(y)
+    if y.ndim != 1:
+        if classes is None and y.ndim == 2:
+            return torch.as_tensor(y, dtype=torch.float64)
+        raise ValueError(f"{name} must be one-dimensional (n_samples,); got shape {y.shape}.")
+    if classes is None:
+        if not np.issubdtype(y.dtype, np.number) or np.issubdtype(y.dtype, np.complexfloating):
+            raise TypeError(f"{name} must be numeric for a regression model; got dtype {y.dtype}.")
+        y = y.astype(np.float64)
+        if not np.all(np.isfinite(y)):
+            raise ValueError(f"{name} contains NaN or infinity; remove or impute those rows.")
+        return torch.as_tensor(y)
+    if y.dtype.kind == "f" and not np.all(np.isfinite(y)):
+        raise ValueError(f"{name} contains NaN or infinity; every label must be one of {list(classes)}.")
+    index = {c: i for i, c in enumerate(classes.tolist())}
+    try:
+        codes = [index[v] for v in y.tolist()]
+    except (KeyError, TypeError):
+        unknown = sorted({repr(v) for v in y.tolist() if v not in index})[:5]
+        raise ValueError(
+            f"{name} contains labels the model does not know: {', '.join(unknown)}; "
+            f"the model's classes are {classes.tolist()[:20]}."
+        ) from None
+    return torch.as_tensor(codes, dtype=torch.long)

@@ -1,0 +1,129 @@
+"""LinearAdapter: sklearn linear models (optionally at the end of a Pipeline), phi(x) = x."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator
+from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge, SGDClassifier
+from sklearn.pipeline import Pipeline
+from sklearn.utils import check_array
+from sklearn.utils.validation import check_is_fitted
+
+from ..losses import Loss, get_loss
+from .base import LastLayer
+
+__all__ = ["LinearAdapter", "SUPPORTED_LINEAR"]
+
+SUPPORTED_LINEAR = (LogisticRegression, SGDClassifier, Ridge, LinearRegression)
+
+
+class LinearAdapter(LastLayer):
+    """See a fitted sklearn linear model as a linear head on its own inputs.
+
+    Supported: ``LogisticRegression`` (binary: logistic loss; multiclass: softmax),
+    ``SGDClassifier(loss='log_loss')`` (binary), ``Ridge`` and ``LinearRegression`` (squared
+    loss, one or several targets). A ``Pipeline`` whose last step is one of these is accepted:
+    phi(x) is the output of the preceding steps.
+
+    Parameters
+    ----------
+    model : estimator or Pipeline
+        A fitted model. It is only read.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_iris
+    >>> from sklearn.linear_model import LogisticRegression
+    >>> X, y = load_iris(return_X_y=True)
+    >>> adapter = LinearAdapter(LogisticRegression(max_iter=500).fit(X, y))
+    >>> adapter.loss.name, tuple(adapter.weight.shape)
+    ('softmax', (4, 3))
+    """
+
+    mask = None
+
+    def __init__(self, model: BaseEstimator):
+        self.model = model
+        self.estimator, self.transform = _split_pipeline(model)
+        est = self.estimator
+        if not isinstance(est, SUPPORTED_LINEAR):
+            raise TypeError(f"LinearAdapter supports {', '.join(c.__name__ for c in SUPPORTED_LINEAR)} "
+                            f"(optionally as the last step of a Pipeline); got {type(est).__name__}.")
+        check_is_fitted(est, "coef_", msg=f"This {type(est).__name__} is not fitted yet: fit it before "
+                                           "explaining it.")
+        coef = np.atleast_2d(np.asarray(est.coef_, dtype=np.float64))
+        self.classes_ = getattr(est, "classes_", None)
+        if isinstance(est, SGDClassifier):
+            if est.loss != "log_loss":
+                raise ValueError(f"SGDClassifier(loss={est.loss!r}) is not twice differentiable; skrep "
+                                 "explains SGDClassifier(loss='log_loss').")
+            if coef.shape[0] > 1:
+                raise ValueError("A multiclass SGDClassifier is one-vs-rest: its head has no softmax loss. "
+                                 "Use LogisticRegression for a multinomial model.")
+        if self.classes_ is not None:
+            self._loss = get_loss("logistic" if coef.shape[0] == 1 else "softmax")
+        else:
+            self._loss = get_loss("squared")
+        intercept = np.broadcast_to(np.asarray(est.intercept_, dtype=np.float64), (coef.shape[0],))
+        self.weight = torch.as_tensor(coef.T.copy())
+        self.bias = torch.as_tensor(intercept.copy())
+        self.has_bias = bool(getattr(est, "fit_intercept", True))
+        self.n_features_in_ = coef.shape[1]
+
+    @property
+    def loss(self) -> Loss:
+        return self._loss
+
+    @property
+    def n_outputs(self) -> int:
+        return self.weight.shape[1]
+
+    device = torch.device("cpu")
+    dtype = torch.float64
+
+    def penalty_l2(self, n_samples: int) -> float | None:
+        est = self.estimator
+        if isinstance(est, LogisticRegression):
+            if getattr(est, "l1_ratio", 0.0) not in (0, 0.0, None) or est.penalty not in ("l2", "deprecated"):
+                return None
+            return 0.0 if np.isinf(est.C) else 1.0 / (est.C * n_samples)
+        if isinstance(est, Ridge):
+            return float(est.alpha) / n_samples
+        if isinstance(est, SGDClassifier):
+            return float(est.alpha) if est.penalty == "l2" else None
+        return 0.0
+
+    def _inputs(self, X: Any) -> np.ndarray:
+        if self.transform is not None:
+            X = self.transform.transform(X)
+        X = check_array(X, dtype=np.float64, input_name="X", accept_sparse=False)
+        if X.shape[1] != self.n_features_in_:
+            raise ValueError(f"X has {X.shape[1]} features but the model was fitted with "
+                             f"{self.n_features_in_}; pass data with the model's columns.")
+        return X
+
+    def forward(self, X: Any, return_labels: bool = False) -> Any:
+        X = self._inputs(X)
+        phi = torch.as_tensor(X)
+        out = torch.as_tensor(np.asarray(self.estimator.decision_function(X)
+                                         if hasattr(self.estimator, "decision_function")
+                                         else self.estimator.predict(X), dtype=np.float64))
+        out = out.reshape(len(X), -1)
+        return (phi, out, None) if return_labels else (phi, out)
+
+    def features(self, X: Any) -> torch.Tensor:
+        return torch.as_tensor(self._inputs(X))
+
+    def logits(self, X: Any) -> torch.Tensor:
+        return self.forward(X)[1]
+
+
+def _split_pipeline(model: Any) -> tuple[Any, Any]:
+    if isinstance(model, Pipeline):
+        if len(model.steps) == 1:
+            return model.steps[-1][1], None
+        return model.steps[-1][1], model[:-1]
+    return model, None

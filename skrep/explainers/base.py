@@ -1,0 +1,265 @@
+"""BaseExplainer: the sklearn-estimator shape every skrep method shares.
+
+A subclass defines how a model's head features become *embeddings* (shared/DESIGN.md
+section 4): ``_fit_train`` builds the training side once, ``_test_side`` the test side for the
+explained class; scoring, top-k, reconstruction and self-influence come from the kernels.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, clone
+from sklearn.utils.validation import check_is_fitted
+from torch import nn
+
+from ..adapters import LastLayer, TorchAdapter, encode_labels, make_adapter
+from ..explanation import Explanation
+from ..kernels import (DEFAULT_BLOCK_BYTES, DEFAULT_MAX_DENSE_BYTES, Embedding, dense_scores, pair_block,
+                       pair_rows, resolve_device, stream_topk, total)
+
+__all__ = ["BaseExplainer"]
+
+
+class BaseExplainer(BaseEstimator):
+    """Base class of the training-point explainers (not used directly).
+
+    Subclasses list their parameters in ``__init__`` (sklearn convention) and implement
+    ``_fit_train(f, logits, y)`` and ``_test_side(f, c)``.
+
+    Common parameters
+    -----------------
+    model : nn.Module, sklearn linear model, or a skrep adapter
+        The trained model; never modified or copied (cloning the explainer keeps the object).
+    target : None or label
+        Class explained: None for each test point's predicted class.
+    device : 'auto', 'cpu' or 'cuda'
+        Where the score kernels run.
+    batch_size : int
+        Forward-pass batch size for array inputs to torch models.
+    block_bytes : int
+        Memory budget of one (test x train) score block.
+    max_dense_bytes : int
+        Largest dense (n_test, n_train) result ``explain`` will return without ``top_k``.
+    random_state : int, RandomState or None
+        For methods with random choices.
+    verbose : int
+        Progress bars when > 0.
+    """
+
+    _method = ""
+
+    # ---- sklearn plumbing --------------------------------------------------------------------
+    def __sklearn_clone__(self) -> BaseExplainer:
+        # the wrapped model is frozen: a clone shares it instead of deep-copying network weights
+        params = self.get_params(deep=False)
+        return type(self)(**{k: v if k == "model" else clone(v, safe=False) for k, v in params.items()})
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.non_deterministic = False
+        tags.input_tags.allow_nan = False
+        tags.target_tags.required = True
+        return tags
+
+    def _make_adapter(self) -> LastLayer:
+        if isinstance(self.model, nn.Module):
+            return TorchAdapter(self.model, batch_size=self.batch_size, verbose=self.verbose)
+        return make_adapter(self.model)
+
+    def _check_params(self) -> None:
+        for name in ("batch_size", "block_bytes", "max_dense_bytes"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+                raise ValueError(f"{name} must be a positive integer; got {v!r}.")
+
+    # ---- inputs ----------------------------------------------------------------------------------
+    def _forward(self, X: Any, fitted: bool) -> tuple[torch.Tensor, torch.Tensor, np.ndarray | None]:
+        shape = _sample_shape(X)
+        if fitted and shape is not None and self._sample_shape_ is not None and shape != self._sample_shape_:
+            raise ValueError(f"X has samples of shape {shape} but the explainer was fitted on samples of "
+                             f"shape {self._sample_shape_}; pass data with the training data's layout.")
+        phi, logits, labels = self.adapter_.forward(X, return_labels=True)
+        if not fitted:
+            self._sample_shape_ = shape
+        return phi, logits, labels
+
+    def _features(self, phi: torch.Tensor) -> torch.Tensor:
+        """Head features f as the method sees them (e.g. with a constant column for the bias)."""
+        return phi.to(self.dtype_)
+
+    def _targets(self, logits: torch.Tensor, target: Any, n: int) -> torch.Tensor:
+        loss = self.adapter_.loss
+        if target is None:
+            target = self.target
+        if target is None:
+            if loss.is_classification:
+                return loss.predict(logits)
+            if logits.shape[1] == 1:
+                return torch.zeros(n, dtype=torch.long)
+            raise ValueError(f"The model has {logits.shape[1]} outputs: pass target= (an output index) to "
+                             "choose the one to explain.")
+        if loss.is_classification:
+            t = np.broadcast_to(np.asarray(target), (n,)) if np.ndim(target) == 0 else np.asarray(target)
+            if t.shape != (n,):
+                raise ValueError(f"target must be one label or one per test point ({n}); got shape {t.shape}.")
+            return encode_labels(t, self.adapter_.classes_, name="target")
+        t = np.broadcast_to(np.asarray(target), (n,)) if np.ndim(target) == 0 else np.asarray(target)
+        if t.shape != (n,) or t.dtype.kind not in "iu" or t.min() < 0 or t.max() >= logits.shape[1]:
+            raise ValueError(f"target must be output indices in [0, {logits.shape[1]}), one or one per test point.")
+        return torch.as_tensor(t, dtype=torch.long)
+
+    # ---- estimator API ---------------------------------------------------------------------------
+    def fit(self, X: Any, y: Any = None) -> BaseExplainer:
+        """Compute the training-side factors.
+
+        Parameters
+        ----------
+        X : array-like, tensor or DataLoader
+            Training inputs, in the layout the model takes.
+        y : array-like of shape (n_samples,)
+            Training labels (targets for regression). Optional when X is a DataLoader that
+            yields ``(x, y)`` batches.
+
+        Returns
+        -------
+        self
+        """
+        self._check_params()
+        self.device_ = resolve_device(self.device)
+        adapter = self._make_adapter()
+        self.adapter_ = adapter
+        phi, logits, labels = self._forward(X, fitted=False)
+        if y is None:
+            y = labels
+        if y is None:
+            raise ValueError(f"{type(self).__name__}.fit needs y, the training labels (or a DataLoader "
+                             "whose batches are (x, y)).")
+        y_arr = np.asarray(y)
+        if y_arr.ndim == 0 or len(y_arr) != len(phi):
+            raise ValueError(f"y has {y_arr.size if y_arr.ndim == 0 else len(y_arr)} entries but X has "
+                             f"{len(phi)} samples; pass one label per training sample.")
+        self.y_ = encode_labels(y_arr, adapter.classes_)
+        if adapter.classes_ is not None:
+            self.classes_ = adapter.classes_
+        self.dtype_ = torch.float64 if phi.dtype == torch.float64 else torch.float32
+        self.n_train_ = len(phi)
+        f = self._features(phi)
+        self.train_features_ = f
+        self.train_embedding_ = self._fit_train(f, logits, self.y_)
+        self.train_total_ = total(self.train_embedding_)
+        return self
+
+    def explain(self, X: Any, top_k: int | None = None, target: Any = None) -> Explanation:
+        """Values of every training point (or the top-k) for each test point.
+
+        Parameters
+        ----------
+        X : array-like, tensor or DataLoader
+            Test inputs.
+        top_k : int or None
+            Keep only the k strongest proponents and opponents per test point, streaming over
+            training blocks (memory O(n_test * k)). None: the dense (n_test, n_train) matrix,
+            refused above ``max_dense_bytes``.
+        target : None, label or array-like of labels
+            Overrides the ``target`` parameter for this call.
+
+        Returns
+        -------
+        Explanation
+        """
+        check_is_fitted(self, "train_embedding_")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1):
+            raise ValueError(f"top_k must be a positive integer or None; got {top_k!r}.")
+        phi, logits, _ = self._forward(X, fitted=True)
+        c = self._targets(logits, target, len(phi))
+        test, offset, prior = self._test_side(self._features(phi), c)
+        kw = dict(offset=offset, device=self.device_, block_bytes=self.block_bytes, verbose=self.verbose)
+        if top_k is None:
+            values = dense_scores(test, self.train_embedding_, max_dense_bytes=self.max_dense_bytes, **kw)
+            dense, top = values.numpy(), None
+        else:
+            tk = stream_topk(test, self.train_embedding_, top_k, **kw)
+            dense = None
+            top = {name: getattr(tk, name).numpy() for name in ("pro_index", "pro_value", "opp_index", "opp_value")}
+        recon = self._reconstruct(test, offset, prior)
+        sel = self.adapter_.loss.selector(c, logits.shape[1], logits.dtype)
+        return Explanation(values=dense, top=top, n_train=self.n_train_, target=c.numpy(),
+                           reconstruction=recon.numpy(), prior=None if prior is None else prior.numpy(),
+                           output=(logits * sel).sum(1).double().numpy(), method=self._method)
+
+    def _reconstruct(self, test: Embedding, offset: torch.Tensor | None, prior: torch.Tensor | None) -> torch.Tensor:
+        """sum_i value(t, i) + prior, in float64, from the summed training embedding."""
+        recon = pair_block(test.to("cpu", torch.float64), self.train_total_)[:, 0]
+        if offset is not None:
+            recon = recon + self.n_train_ * offset.double()
+        if prior is not None:
+            recon = recon + prior.double()
+        return recon
+
+    def self_influence(self) -> np.ndarray:
+        """Each training point's value for itself, explaining its own label: (n_train,).
+
+        Large values flag points that the model leans on to fit their own label, the usual
+        sign of a mislabelled or atypical point.
+        """
+        check_is_fitted(self, "train_embedding_")
+        c = self.y_ if self.adapter_.loss.is_classification else torch.zeros(self.n_train_, dtype=torch.long)
+        test, offset, _ = self._test_side(self.train_features_, c)
+        s = pair_rows(test, self.train_embedding_)
+        if offset is not None:
+            s = s + offset
+        return s.double().numpy()
+
+    def reconstruct(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
+        """The decomposed outputs for every class and the model's own logits, each (n, k).
+
+        Row ``t``, column ``c`` of the first is ``sum_i value(t, i) + prior`` when explaining class
+        (or output) ``c``; for a binary logistic head the single column is the margin.
+        """
+        check_is_fitted(self, "train_embedding_")
+        phi, logits, _ = self._forward(X, fitted=True)
+        f = self._features(phi)
+        k = logits.shape[1]
+        cols = []
+        for j in range(k):
+            c = torch.full((len(f),), 1 if k == 1 else j, dtype=torch.long)
+            test, offset, prior = self._test_side(f, c)
+            cols.append(self._reconstruct(test, offset, prior))
+        return torch.stack(cols, 1).numpy(), logits.double().numpy()
+
+    def score(self, X: Any, y: Any = None) -> float:
+        """Fidelity of the decomposition to the model: Pearson correlation (higher is better).
+
+        Between the decomposed outputs and the model's own logits for every class, over the
+        points of X. Softmax logits are compared after centering each row, since a constant
+        shift of a row does not change the model's prediction. ``y`` is ignored (present for
+        ``GridSearchCV``).
+        """
+        recon, logits = self.reconstruct(X)
+        if self.adapter_.loss.name == "softmax":
+            recon = recon - recon.mean(1, keepdims=True)
+            logits = logits - logits.mean(1, keepdims=True)
+        a, b = recon.ravel(), logits.ravel()
+        if a.std() == 0 or b.std() == 0:
+            return 0.0
+        return float(np.corrcoef(a, b)[0, 1])
+
+    # ---- what a method defines ------------------------------------------------------------------
+    def _fit_train(self, f: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> Embedding:
+        raise NotImplementedError
+
+    def _test_side(self, f: torch.Tensor, c: torch.Tensor) -> tuple[Embedding, torch.Tensor | None, torch.Tensor | None]:
+        """Test embeddings for explained classes ``c``, a per-test-point offset shared by every
+        training point (or None) and the prior no training point owns (or None)."""
+        raise NotImplementedError
+
+
+def _sample_shape(X: Any) -> tuple[int, ...] | None:
+    shape = getattr(X, "shape", None)
+    if shape is None or isinstance(X, (str, bytes)):
+        return None
+    return tuple(int(s) for s in shape[1:])

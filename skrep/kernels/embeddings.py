@@ -1,0 +1,116 @@
+"""Influence embeddings: every training-point score is an inner product <u_t, v_i>.
+
+Head gradients and representer embeddings are rank-1 (an outer product ``a (x) b`` of a
+k-vector and a d-vector), and <a (x) b, c (x) e> = <a, c><b, e>: a :class:`Factored` embedding
+keeps the two factors and the kernels never form the d*k vectors. A :class:`Dense` embedding is
+a full (k, d) matrix per row, e.g. an inverse Hessian applied to a test gradient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["Factored", "Dense", "Embedding", "pair_block", "pair_rows", "total"]
+
+
+@dataclass(frozen=True)
+class Factored:
+    """Rows ``a_i (x) b_i``: ``a`` of shape (n, k), ``b`` of shape (n, d)."""
+
+    a: torch.Tensor
+    b: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.a.ndim != 2 or self.b.ndim != 2 or len(self.a) != len(self.b):
+            raise ValueError(f"Factored needs a (n, k) and b (n, d); got {tuple(self.a.shape)} and "
+                             f"{tuple(self.b.shape)}.")
+
+    def __len__(self) -> int:
+        return len(self.a)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.a.shape[1], self.b.shape[1]
+
+    def rows(self, start: int, stop: int) -> Factored:
+        return Factored(self.a[start:stop], self.b[start:stop])
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Factored:
+        return Factored(self.a.to(device, dtype, non_blocking=True), self.b.to(device, dtype, non_blocking=True))
+
+
+@dataclass(frozen=True)
+class Dense:
+    """Rows given in full as (k, d) matrices: ``u`` of shape (n, k, d)."""
+
+    u: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.u.ndim != 3:
+            raise ValueError(f"Dense needs u of shape (n, k, d); got {tuple(self.u.shape)}.")
+
+    def __len__(self) -> int:
+        return len(self.u)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.u.shape[1], self.u.shape[2]
+
+    def rows(self, start: int, stop: int) -> Dense:
+        return Dense(self.u[start:stop])
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Dense:
+        return Dense(self.u.to(device, dtype, non_blocking=True))
+
+
+Embedding = Factored | Dense
+
+
+def _check_pair(x: Embedding, y: Embedding) -> None:
+    if x.shape != y.shape:
+        raise ValueError(f"Embeddings of shapes (k, d) = {x.shape} and {y.shape} cannot be paired.")
+
+
+def pair_block(test: Embedding, train: Embedding) -> torch.Tensor:
+    """Scores <u_t, v_i> for every pair: (len(test), len(train))."""
+    _check_pair(test, train)
+    if isinstance(test, Factored) and isinstance(train, Factored):
+        return (test.b @ train.b.T).mul_(test.a @ train.a.T)
+    if isinstance(test, Dense) and isinstance(train, Factored):
+        return _dense_factored(test, train)
+    if isinstance(test, Factored) and isinstance(train, Dense):
+        return _dense_factored(train, test).T
+    return test.u.flatten(1) @ train.u.flatten(1).T
+
+
+def _dense_factored(dense: Dense, fac: Factored) -> torch.Tensor:
+    m, k, d = dense.u.shape
+    s = (dense.u.reshape(m * k, d) @ fac.b.T).view(m, k, len(fac))
+    return s.mul_(fac.a.T).sum(1)
+
+
+def pair_rows(x: Embedding, y: Embedding) -> torch.Tensor:
+    """Row-wise scores <x_i, y_i> (self-influence when x and y describe the same points): (n,)."""
+    _check_pair(x, y)
+    if len(x) != len(y):
+        raise ValueError(f"pair_rows needs as many rows on both sides; got {len(x)} and {len(y)}.")
+    if isinstance(x, Factored) and isinstance(y, Factored):
+        return (x.a * y.a).sum(1) * (x.b * y.b).sum(1)
+    return (_full(x) * _full(y)).flatten(1).sum(1)
+
+
+def _full(e: Embedding) -> torch.Tensor:
+    return e.u if isinstance(e, Dense) else e.a[:, :, None] * e.b[:, None, :]
+
+
+def total(e: Embedding, dtype: torch.dtype = torch.float64) -> Dense:
+    """The sum of all rows as one Dense row (1, k, d), accumulated in ``dtype``.
+
+    Paired with a test embedding, it gives sum_i <u_t, v_i> without any (n_test, n_train) block:
+    the reconstruction of a decomposed output.
+    """
+    if isinstance(e, Factored):
+        return Dense((e.a.to(dtype).T @ e.b.to(dtype))[None])
+    return Dense(e.u.to(dtype).sum(0, keepdim=True))

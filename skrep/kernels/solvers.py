@@ -1,0 +1,58 @@
+"""Linear solvers on a matvec callable: they see only ``v -> A v`` and right-hand sides."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+__all__ = ["conjugate_gradient"]
+
+Matvec = Callable[[torch.Tensor], torch.Tensor]
+
+
+def conjugate_gradient(matvec: Matvec, b: torch.Tensor, *, precond: Matvec | None = None,
+                       rtol: float = 1e-10, atol: float = 0.0, max_iter: int = 1000,
+                       x0: torch.Tensor | None = None) -> tuple[torch.Tensor, int, float]:
+    """Solve ``A x = b`` for a symmetric positive definite A given as ``matvec``.
+
+    Tensors of any shape are treated as flat vectors. Stops when ``||r|| <= max(rtol ||b||, atol)``.
+
+    Returns
+    -------
+    x : Tensor, like b
+    n_iter : int
+        Matvecs used.
+    residual : float
+        The final ``||b - A x||``.
+
+    Examples
+    --------
+    >>> A = torch.tensor([[4.0, 1.0], [1.0, 3.0]], dtype=torch.float64)
+    >>> x, _, _ = conjugate_gradient(lambda v: A @ v, torch.tensor([1.0, 2.0], dtype=torch.float64))
+    >>> torch.allclose(A @ x, torch.tensor([1.0, 2.0], dtype=torch.float64))
+    True
+    """
+    precond = precond or (lambda r: r)
+    x = torch.zeros_like(b) if x0 is None else x0.clone()
+    r = b - matvec(x) if x0 is not None else b.clone()
+    stop = max(rtol * float(b.norm()), atol)
+    z = precond(r)
+    p = z.clone()
+    rz = (r * z).sum()
+    it = 0
+    while it < max_iter and float(r.norm()) > stop:
+        Ap = matvec(p)
+        it += 1
+        curvature = (p * Ap).sum()
+        if curvature <= 0:
+            raise ValueError("conjugate_gradient met a direction of non-positive curvature: the operator "
+                             "is not positive definite. Add damping.")
+        a = rz / curvature
+        x.add_(p, alpha=float(a))
+        r.sub_(Ap, alpha=float(a))
+        z = precond(r)
+        rz_new = (r * z).sum()
+        p = z + (rz_new / rz) * p
+        rz = rz_new
+    return x, it, float(r.norm())

@@ -1,0 +1,116 @@
+"""Kernels against explicit float64 computations."""
+
+import numpy as np
+import pytest
+import scipy.optimize as scipy_opt
+import torch
+
+from skrep.kernels import Dense, Factored, dense_scores, pair_block, pair_rows, stream_topk, total
+from skrep.kernels.head import HeadObjective, newton_solve
+from skrep.kernels.solvers import conjugate_gradient
+from skrep.losses import get_loss
+
+
+def _factored(n, k, d, seed, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return Factored(torch.randn(n, k, generator=g, dtype=dtype), torch.randn(n, d, generator=g, dtype=dtype))
+
+
+def _full(e):
+    return (e.u if isinstance(e, Dense) else e.a[:, :, None] * e.b[:, None, :]).reshape(len(e), -1).numpy()
+
+
+@pytest.mark.parametrize("kind", ["ff", "df", "fd", "dd"])
+def test_pair_block_and_rows_equal_explicit_inner_products(kind):
+    k, d = 3, 5
+    g = torch.Generator().manual_seed(1)
+    fac_t, fac_n = _factored(4, k, d, 2), _factored(6, k, d, 3)
+    den_t = Dense(torch.randn(4, k, d, generator=g, dtype=torch.float64))
+    den_n = Dense(torch.randn(6, k, d, generator=g, dtype=torch.float64))
+    test = fac_t if kind[0] == "f" else den_t
+    train = fac_n if kind[1] == "f" else den_n
+    np.testing.assert_allclose(pair_block(test, train).numpy(), _full(test) @ _full(train).T, rtol=1e-12)
+    rows = train.rows(0, 4)
+    np.testing.assert_allclose(pair_rows(test, rows).numpy(), (_full(test) * _full(rows)).sum(1), rtol=1e-12)
+    np.testing.assert_allclose(total(train).u.reshape(-1).numpy(), _full(train).sum(0), rtol=1e-12)
+
+
+@pytest.mark.parametrize("n_train,block_bytes", [(1003, 4096), (997, 20_000), (50, 10**9)])
+@pytest.mark.parametrize("dense_test", [False, True])
+def test_stream_topk_equals_dense_argsort(n_train, block_bytes, dense_test):
+    k, d, m, top = 4, 7, 33, 10
+    train = _factored(n_train, k, d, 0, torch.float32)
+    test = _factored(m, k, d, 1, torch.float32)
+    if dense_test:
+        test = Dense(test.a[:, :, None] * test.b[:, None, :])
+    offset = torch.linspace(-1, 1, m)
+    ref = _full(test).astype(np.float64) @ _full(train).astype(np.float64).T + offset.numpy()[:, None]
+    tk = stream_topk(test, train, top, offset=offset, block_bytes=block_bytes)
+    order = np.argsort(-ref, axis=1)
+    np.testing.assert_array_equal(tk.pro_index.numpy(), order[:, :top])
+    np.testing.assert_array_equal(tk.opp_index.numpy(), order[:, ::-1][:, :top])
+    np.testing.assert_allclose(tk.pro_value.numpy(), np.take_along_axis(ref, order[:, :top], 1), rtol=1e-4, atol=1e-4)
+    full = dense_scores(test, train, offset=offset, block_bytes=block_bytes)
+    np.testing.assert_allclose(full.numpy(), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_topk_larger_than_train_set_keeps_everything():
+    train, test = _factored(5, 2, 3, 0), _factored(2, 2, 3, 1)
+    tk = stream_topk(test, train, 50)
+    assert tk.pro_index.shape == (2, 5)
+    assert sorted(tk.pro_index[0].tolist()) == list(range(5))
+
+
+def test_dense_refused_above_budget_with_advice():
+    train, test = _factored(1000, 2, 3, 0), _factored(100, 2, 3, 1)
+    with pytest.raises(ValueError, match="top_k"):
+        dense_scores(test, train, max_dense_bytes=1000)
+
+
+def test_conjugate_gradient_solves_spd_system():
+    g = torch.Generator().manual_seed(0)
+    M = torch.randn(30, 30, generator=g, dtype=torch.float64)
+    A = M @ M.T + 0.1 * torch.eye(30, dtype=torch.float64)
+    b = torch.randn(30, generator=g, dtype=torch.float64)
+    x, it, res = conjugate_gradient(lambda v: A @ v, b, rtol=1e-12, max_iter=500)
+    np.testing.assert_allclose(x.numpy(), np.linalg.solve(A.numpy(), b.numpy()), rtol=1e-7, atol=1e-9)
+    with pytest.raises(ValueError, match="positive definite"):
+        conjugate_gradient(lambda v: -v, b)
+
+
+@pytest.mark.parametrize("loss_name,k", [("softmax", 3), ("logistic", 1), ("squared", 2)])
+def test_head_objective_gradient_and_hvp_match_autograd(loss_name, k):
+    g = torch.Generator().manual_seed(0)
+    f = torch.randn(40, 5, generator=g, dtype=torch.float64)
+    loss = get_loss(loss_name)
+    t = loss.link(torch.randn(40, k, generator=g, dtype=torch.float64))
+    penalty = torch.ones(5, 1, dtype=torch.float64)
+    penalty[-1] = 0
+    obj = HeadObjective(f, t, loss, l2=0.3, penalty=penalty)
+    theta = torch.randn(5, k, generator=g, dtype=torch.float64, requires_grad=True)
+    V = torch.randn(5, k, generator=g, dtype=torch.float64)
+    F = loss.value(f @ theta, t).mean() + 0.15 * ((theta * penalty) ** 2).sum()
+    (grad,) = torch.autograd.grad(F, theta, create_graph=True)
+    (hv,) = torch.autograd.grad((grad * V).sum(), theta)
+    value, my_grad, z = obj.value_grad(theta.detach())
+    assert value == pytest.approx(float(F.detach()), rel=1e-12)
+    torch.testing.assert_close(my_grad, grad.detach(), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(obj.hvp(z, V), hv, rtol=1e-10, atol=1e-12)
+
+
+def test_newton_solve_reaches_scipy_minimum():
+    g = torch.Generator().manual_seed(0)
+    f = torch.randn(200, 6, generator=g, dtype=torch.float64) * torch.logspace(-1, 1, 6, dtype=torch.float64)
+    loss = get_loss("softmax")
+    t = loss.link(torch.randn(200, 4, generator=g, dtype=torch.float64) * 2)
+    obj = HeadObjective(f, t, loss, l2=1e-3)
+    theta, gmax, _ = newton_solve(obj, torch.zeros(6, 4, dtype=torch.float64), tol=1e-11, max_iter=50)
+    assert gmax <= 1e-11
+
+    def fun(w):
+        value, grad, _ = obj.value_grad(torch.as_tensor(w.reshape(6, 4)))
+        return value, grad.numpy().ravel()
+
+    ref = scipy_opt.minimize(fun, np.zeros(24), jac=True, method="L-BFGS-B", options={"gtol": 1e-12, "ftol": 0,
+                                                                                   "maxiter": 10000})
+    np.testing.assert_allclose(theta.numpy().ravel(), ref.x, rtol=1e-5, atol=1e-6)
