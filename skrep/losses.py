@@ -15,6 +15,8 @@ Conventions
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -39,12 +41,17 @@ class Loss:
         """dL/dz (n, k)."""
         raise NotImplementedError
 
-    def hvp(self, z: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Per-sample Hessian of L in z applied to v: (n, k) -> (n, k).
+    def curvature(self, z: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The per-sample Hessian of L in z at ``z``, as a map v (n, k) -> H v (n, k).
 
-        For these three losses it does not depend on the targets.
+        For these three losses it does not depend on the targets. What depends on z only is
+        computed once, so repeated products (CG) cost a few elementwise operations each.
         """
         raise NotImplementedError
+
+    def hvp(self, z: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Per-sample Hessian of L in z applied to v: (n, k) -> (n, k)."""
+        return self.curvature(z)(v)
 
     def link(self, z: torch.Tensor) -> torch.Tensor:
         """The model's prediction in target space (probabilities or the outputs themselves)."""
@@ -82,10 +89,14 @@ class SoftmaxLoss(Loss):
     def grad(self, z, t):
         return torch.softmax(z, dim=1) - t
 
-    def hvp(self, z, v):
+    def curvature(self, z):
         s = torch.softmax(z, dim=1)
-        sv = s * v
-        return sv - s * sv.sum(1, keepdim=True)
+
+        def apply(v):
+            sv = s * v
+            return sv - s * sv.sum(1, keepdim=True)
+
+        return apply
 
     def link(self, z):
         return torch.softmax(z, dim=1)
@@ -107,9 +118,10 @@ class LogisticLoss(Loss):
     def grad(self, z, t):
         return torch.sigmoid(z) - t
 
-    def hvp(self, z, v):
+    def curvature(self, z):
         p = torch.sigmoid(z)
-        return p * (1 - p) * v
+        w = p * (1 - p)
+        return lambda v: w * v
 
     def link(self, z):
         return torch.sigmoid(z)
@@ -135,8 +147,8 @@ class SquaredLoss(Loss):
     def grad(self, z, t):
         return z - t
 
-    def hvp(self, z, v):
-        return v
+    def curvature(self, z):
+        return lambda v: v
 
     def link(self, z):
         return z

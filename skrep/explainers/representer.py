@@ -121,7 +121,7 @@ class RepresenterPoints(BaseExplainer):
         f64 = f.double()
         targets = loss.link(logits.double()) if self.refit_on == "model" else loss.targets(y, k, torch.float64)
         # (1/n) sum L + lam ||theta||^2 is HeadObjective with l2 = 2 lam on every entry
-        obj = HeadObjective(f64, targets, loss, l2=2.0 * self.lam)
+        obj = HeadObjective(f64, targets, loss, l2=2.0 * self.lam, fast_features=f)
         theta, self.grad_norm_, self.n_iter_ = newton_solve(
             obj, torch.zeros(f.shape[1], k, dtype=torch.float64), tol=self.tol, max_iter=self.max_iter,
             what="representer head refit")

@@ -21,11 +21,31 @@ __all__ = ["HeadObjective", "newton_solve"]
 
 
 class HeadObjective:
-    """Value, gradient and Hessian-vector products of a linear head's training objective."""
+    """Value, gradient and Hessian-vector products of a linear head's training objective.
+
+    Parameters
+    ----------
+    features : Tensor (n, d)
+        Used for the value and the gradient, in its own dtype (float64 for a stationary point
+        to many digits).
+    targets : Tensor (n, k)
+    loss : Loss
+    l2 : float
+        Coefficient of ``l2 / 2 ||penalty * theta||^2``.
+    penalty : Tensor (d, 1) or None
+        0/1 rows: which rows of theta are penalized (None: all).
+    mask : Tensor (d, k) or None
+        Which entries of theta are free parameters (None: all).
+    fast_features : Tensor (n, d) or None
+        The same features in a cheaper dtype for Hessian products and the preconditioner
+        (an inexact Newton direction needs no more); None: ``features``.
+    """
 
     def __init__(self, features: torch.Tensor, targets: torch.Tensor, loss: Loss, l2: float = 0.0,
-                 penalty: torch.Tensor | None = None, mask: torch.Tensor | None = None):
+                 penalty: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                 fast_features: torch.Tensor | None = None):
         self.f = features
+        self.f_fast = features if fast_features is None else fast_features
         self.t = targets
         self.loss = loss
         self.l2 = float(l2)
@@ -41,9 +61,9 @@ class HeadObjective:
         w = theta if self.penalty is None else theta * self.penalty
         return self.l2 * w
 
-    def _back(self, G: torch.Tensor) -> torch.Tensor:
+    def _back(self, G: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
         # (G^T f)^T: torch runs the transposed-operand product f.T @ G several times slower
-        return (G.T @ self.f).T / self.n
+        return (G.T @ f).T / self.n
 
     def logits(self, theta: torch.Tensor) -> torch.Tensor:
         return self.f @ theta
@@ -52,13 +72,20 @@ class HeadObjective:
         """Objective value, its gradient (d, k) and the logits z (n, k) at ``theta``."""
         z = self.logits(theta)
         value = self.loss.value(z, self.t).mean() + 0.5 * (theta * self._reg(theta)).sum()
-        grad = self._masked(self._back(self.loss.grad(z, self.t)) + self._reg(theta))
+        grad = self._masked(self._back(self.loss.grad(z, self.t), self.f) + self._reg(theta))
         return float(value), grad, z
 
-    def hvp(self, z: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
-        """Hessian at the point with logits ``z`` applied to V (d, k)."""
-        V = self._masked(V)
-        return self._masked(self._back(self.loss.hvp(z, self.f @ V)) + self._reg(V))
+    def hessian(self, z: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The Hessian at the point with logits ``z``, as a map V (d, k) -> H V."""
+        f, dtype = self.f_fast, self.f_fast.dtype
+        curv = self.loss.curvature(z.to(dtype))
+
+        def matvec(V: torch.Tensor) -> torch.Tensor:
+            V = self._masked(V)
+            HV = self._back(curv(f @ V.to(dtype)), f).to(V.dtype)
+            return self._masked(HV + self._reg(V))
+
+        return matvec
 
     def preconditioner(self, z: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         """Kronecker-factored approximate inverse Hessian, (C (x) A + l2 I)^-1.
@@ -67,11 +94,13 @@ class HeadObjective:
         per-sample curvature of the loss in the logits; for the squared loss it is exact.
         """
         if self._gram_eig is None:
-            self._gram_eig = torch.linalg.eigh(self._back(self.f).T.contiguous())
+            gram = self._back(self.f_fast, self.f_fast).T.to(z.dtype)
+            self._gram_eig = torch.linalg.eigh(0.5 * (gram + gram.T))
         ec, Qc = self._gram_eig
         k = z.shape[1]
+        curv = self.loss.curvature(z)
         eye = torch.eye(k, dtype=z.dtype, device=z.device)
-        A = torch.stack([self.loss.hvp(z, eye[j].expand_as(z)).mean(0) for j in range(k)], 1)
+        A = torch.stack([curv(eye[j].expand_as(z)).mean(0) for j in range(k)], 1)
         ea, Qa = torch.linalg.eigh(0.5 * (A + A.T))
         denom = ec.clamp_min(0)[:, None] * ea.clamp_min(0)[None, :] + self.l2
         denom = denom.clamp_min(1e-12 * float(denom.max()))
@@ -94,7 +123,7 @@ def newton_solve(obj: HeadObjective, theta0: torch.Tensor, *, tol: float, max_it
     while gmax > tol and it < max_iter:
         it += 1
         # inexact Newton: a forcing term that tightens as the gradient shrinks (superlinear rate)
-        step, _, _ = conjugate_gradient(lambda v: obj.hvp(z, v), -grad, precond=obj.preconditioner(z),
+        step, _, _ = conjugate_gradient(obj.hessian(z), -grad, precond=obj.preconditioner(z),
                                         rtol=min(0.1, gmax ** 0.5), max_iter=200)
         slope = float((grad * step).sum())
         t = 1.0
