@@ -94,7 +94,7 @@ class SoftmaxLoss(Loss):
 
         def apply(v):
             sv = s * v
-            return sv - s * sv.sum(1, keepdim=True)
+            return sv - s * sv.sum(-1, keepdim=True)
 
         return apply
 

@@ -21,10 +21,15 @@ def _full(e):
 
 
 @pytest.mark.parametrize("kind", ["ff", "df", "fd", "dd"])
-def test_pair_block_and_rows_equal_explicit_inner_products(kind):
+@pytest.mark.parametrize("selector", [False, True])
+def test_pair_block_and_rows_equal_explicit_inner_products(kind, selector):
     k, d = 3, 5
     g = torch.Generator().manual_seed(1)
     fac_t, fac_n = _factored(4, k, d, 2), _factored(6, k, d, 3)
+    if selector:  # one class per row, scaled: the class-grouped fast path
+        fac_t = Factored(torch.nn.functional.one_hot(torch.tensor([2, 0, 2, 1]), k) * torch.tensor(
+            [[1.5], [-2.0], [0.5], [1.0]], dtype=torch.float64), fac_t.b)
+        fac_n = Factored(torch.nn.functional.one_hot(torch.tensor([1, 1, 0, 2, 0, 1]), k).double(), fac_n.b)
     den_t = Dense(torch.randn(4, k, d, generator=g, dtype=torch.float64))
     den_n = Dense(torch.randn(6, k, d, generator=g, dtype=torch.float64))
     test = fac_t if kind[0] == "f" else den_t

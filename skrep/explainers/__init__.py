@@ -1,6 +1,7 @@
 """Explainers: each a BaseExplainer with fit(X, y) / explain(X) / self_influence() / score(X)."""
 
 from .base import BaseExplainer
+from .lje import RepresenterLJE
 from .representer import RepresenterPoints
 
-__all__ = ["BaseExplainer", "RepresenterPoints"]
+__all__ = ["BaseExplainer", "RepresenterLJE", "RepresenterPoints"]

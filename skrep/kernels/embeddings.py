@@ -87,6 +87,16 @@ def pair_block(test: Embedding, train: Embedding) -> torch.Tensor:
 
 def _dense_factored(dense: Dense, fac: Factored) -> torch.Tensor:
     m, k, d = dense.u.shape
+    nz = fac.a != 0
+    if k > 1 and bool((nz.sum(1) == 1).all()):
+        # one class per factored row (a selector): k times fewer products than the general case
+        cls = nz.float().argmax(1)
+        scale = fac.a.gather(1, cls[:, None])[:, 0]
+        out = torch.empty(m, len(fac), dtype=dense.u.dtype, device=dense.u.device)
+        for c in torch.unique(cls).tolist():
+            rows = (cls == c).nonzero()[:, 0]
+            out[:, rows] = dense.u[:, c, :] @ (fac.b[rows] * scale[rows, None]).T
+        return out
     s = (dense.u.reshape(m * k, d) @ fac.b.T).view(m, k, len(fac))
     return s.mul_(fac.a.T).sum(1)
 

@@ -63,7 +63,7 @@ class HeadObjective:
 
     def _back(self, G: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
         # (G^T f)^T: torch runs the transposed-operand product f.T @ G several times slower
-        return (G.T @ f).T / self.n
+        return (G.transpose(-1, -2) @ f).transpose(-1, -2) / self.n
 
     def logits(self, theta: torch.Tensor) -> torch.Tensor:
         return self.f @ theta
@@ -75,17 +75,54 @@ class HeadObjective:
         grad = self._masked(self._back(self.loss.grad(z, self.t), self.f) + self._reg(theta))
         return float(value), grad, z
 
-    def hessian(self, z: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-        """The Hessian at the point with logits ``z``, as a map V (d, k) -> H V."""
+    def hessian(self, z: torch.Tensor, block_bytes: int = 2**28) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The Hessian at the point with logits ``z``, as a map V -> H V for V of shape (d, k)
+        or a batch (m, d, k) (processed in chunks of about ``block_bytes``)."""
         f, dtype = self.f_fast, self.f_fast.dtype
         curv = self.loss.curvature(z.to(dtype))
+        chunk = max(1, block_bytes // max(1, self.n * z.shape[1] * f.element_size()))
 
         def matvec(V: torch.Tensor) -> torch.Tensor:
             V = self._masked(V)
-            HV = self._back(curv(f @ V.to(dtype)), f).to(V.dtype)
-            return self._masked(HV + self._reg(V))
+            Vd = V.to(dtype)
+            if V.ndim == 2:
+                HV = self._back(curv(f @ Vd), f)
+            else:
+                HV = torch.cat([self._back(curv(f @ Vd[s:s + chunk]), f) for s in range(0, len(V), chunk)])
+            return self._masked(HV.to(V.dtype) + self._reg(V))
 
         return matvec
+
+    def explicit_hessian(self, z: torch.Tensor) -> torch.Tensor:
+        """The Hessian as a (d k, d k) matrix in float64 (entry (a k + c, b k + c')).
+
+        Built from k (k + 1) / 2 weighted Gram matrices ``f^T diag(w_cc') f / n``, where
+        ``w_cc'`` are the entries of each sample's curvature in the logits. It uses the float64
+        features: null directions (the softmax shift) must come out null to float64 precision
+        for a pseudo-inverse to recognise them.
+        """
+        f = self.f
+        d, k = f.shape[1], z.shape[1]
+        curv = self.loss.curvature(z.to(f.dtype))
+        eye = torch.eye(k, dtype=f.dtype)
+        S = [curv(eye[c].expand(self.n, k)) for c in range(k)]  # S[c][i, c'] = curvature_i[c', c]
+        H = torch.zeros(d, k, d, k, dtype=torch.float64)
+        for c in range(k):
+            for c2 in range(c, k):
+                w = S[c][:, c2]
+                if not bool(w.any()):
+                    continue
+                block = self._back((f * w[:, None]), f)
+                H[:, c, :, c2] = block
+                if c2 != c:
+                    H[:, c2, :, c] = block.T
+        H = H.reshape(d * k, d * k)
+        pen = torch.ones(d, 1, dtype=torch.float64) if self.penalty is None else self.penalty.double()
+        H += torch.diag((self.l2 * pen.expand(d, k)).reshape(-1))
+        if self.mask is not None:
+            keep = self.mask.reshape(-1).double()
+            H = H * keep[:, None] * keep[None, :]
+        return 0.5 * (H + H.T)
 
     def preconditioner(self, z: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         """Kronecker-factored approximate inverse Hessian, (C (x) A + l2 I)^-1.

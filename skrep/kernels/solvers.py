@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["conjugate_gradient"]
+__all__ = ["conjugate_gradient", "batched_conjugate_gradient"]
 
 Matvec = Callable[[torch.Tensor], torch.Tensor]
 
@@ -56,3 +56,45 @@ def conjugate_gradient(matvec: Matvec, b: torch.Tensor, *, precond: Matvec | Non
         p = z + (rz_new / rz) * p
         rz = rz_new
     return x, it, float(r.norm())
+
+
+def batched_conjugate_gradient(matvec: Matvec, B: torch.Tensor, *, precond: Matvec | None = None,
+                               rtol: float = 1e-8, max_iter: int = 1000) -> tuple[torch.Tensor, int]:
+    """Solve ``A x_j = b_j`` for every row j of B (shape (m, ...)) at once, A SPD.
+
+    ``matvec`` maps a batch (m, ...) to (A x_j)_j. Each system keeps its own step sizes; a
+    row stops moving once its residual is below ``rtol ||b_j||``.
+
+    Returns ``(X, n_iter)``.
+    """
+    precond = precond or (lambda r: r)
+    m = B.shape[0]
+
+    def dot(x, y):
+        return (x * y).reshape(m, -1).sum(1).reshape(m, *([1] * (B.ndim - 1)))
+
+    X = torch.zeros_like(B)
+    R = B.clone()
+    stop = rtol * B.reshape(m, -1).norm(dim=1)
+    Z = precond(R)
+    P = Z.clone()
+    rz = dot(R, Z)
+    it = 0
+    while it < max_iter:
+        active = (R.reshape(m, -1).norm(dim=1) > stop).reshape_as(rz)
+        if not active.any():
+            break
+        AP = matvec(P)
+        it += 1
+        curvature = dot(P, AP)
+        if bool(((curvature <= 0) & active).any()):
+            raise ValueError("batched_conjugate_gradient met a direction of non-positive curvature: the "
+                             "operator is not positive definite. Add damping.")
+        a = torch.where(active, rz / torch.where(active, curvature, torch.ones_like(curvature)), 0)
+        X += a * P
+        R -= a * AP
+        Z = precond(R)
+        rz_new = dot(R, Z)
+        P = Z + torch.where(active, rz_new / torch.where(rz == 0, torch.ones_like(rz), rz), 0) * P
+        rz = rz_new
+    return X, it

@@ -1,0 +1,239 @@
+"""RepresenterLJE: representer points by local Jacobian expansion (Sui, Wu, Sanner, NeurIPS 2021).
+
+The trained head theta' is (nearly) a stationary point of its training objective
+``F(theta) = mean_i L(f_i theta, y_i) + l2 / 2 ||P theta||^2``. Expanding the gradient of F
+to first order around a nearby anchor theta* (one gradient-ascent step from theta') gives one
+Newton step back::
+
+    theta' ~= theta* - H^-1 grad F(theta*)
+            = sum_i [theta* / n - H^-1 g_i / n]  -  H^-1 (l2 P theta*)
+            = sum_i W_i                          +  prior
+
+with ``g_i`` the loss gradient of training point i at theta* and H the Hessian of F there.
+So every logit of the *given* model splits over training points, ``z_c(x_t) =
+sum_i <W_i[:, c], f_t> + prior_t``, with no refit and no regularizer added to the model. For a
+head trained with an L2 penalty (weight decay, sklearn's C), the penalty's share of the Newton
+step belongs to no training point: it is ``Explanation.prior``. With ``l2=0`` this is the
+paper's algorithm.
+
+Singular Hessians. The softmax loss does not change when a constant is added to every class's
+logit, so H is singular along ``v (x) 1`` (the bias direction only, when the weights are
+penalized), and features that are zero on every training point (dead ReLU units) add null
+directions too. Every training gradient is orthogonal to these directions, so skrep inverts H
+on its range (eigendecomposition, directions below ``rcond * lambda_max`` dropped) and the
+decomposition loses nothing. ``damping`` adds ``damping * I`` first; if training gradients do
+have weight in dropped directions, a warning says how much and suggests damping.
+"""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+from typing import Any
+
+import torch
+
+from ..kernels import DEFAULT_BLOCK_BYTES, DEFAULT_MAX_DENSE_BYTES, Dense, Factored
+from ..kernels.head import HeadObjective
+from ..kernels.solvers import batched_conjugate_gradient
+from .base import BaseExplainer
+
+__all__ = ["RepresenterLJE"]
+
+_RCOND = 1e-10
+
+
+class RepresenterLJE(BaseExplainer):
+    """Representer values of the given model by local Jacobian expansion (RPS-LJE).
+
+    ``values[t, i] = <W_i[:, c], f_t>`` with ``W_i = (theta* - H^-1 g_i) / n``; positive values
+    support the explained class c. ``values.sum(1) + prior`` reconstructs the model's own logit.
+
+    Parameters
+    ----------
+    model : nn.Module, sklearn linear model, Pipeline ending in one, or a skrep adapter
+    eta : float, default=1e-2
+        Step of the gradient ascent that makes the anchor, ``theta* = theta' + eta grad F``.
+    l2 : 'auto' or float, default='auto'
+        The model's own L2 penalty as ``l2 / 2 ||w||^2`` on the mean loss. 'auto' reads it from
+        the model where the adapter knows it (LogisticRegression: 1 / (C n), Ridge: alpha / n),
+        else 0. For a torch model trained with weight decay wd under SGD or Adam's coupled
+        decay, pass ``l2=wd``. 0 is the paper's algorithm.
+    penalize_bias : bool, default=False
+        Whether the model's penalty includes the bias.
+    damping : float, default=0.0
+        Added to the Hessian's diagonal before inverting it.
+    solver : {'auto', 'explicit', 'cg'}, default='auto'
+        'explicit' builds H (d k x d k) and stores W_i for every training point (memory
+        n k d); 'cg' keeps only training gradients and solves for each explained test point
+        by conjugate gradient (explain then costs k times more). 'auto': explicit when
+        ``d k <= explicit_max``.
+    explicit_max : int, default=8192
+    cg_tol : float, default=1e-6
+        Relative residual of the CG solves.
+    target, device, batch_size, block_bytes, max_dense_bytes, random_state, verbose
+        See :class:`~skrep.explainers.base.BaseExplainer`.
+
+    Attributes
+    ----------
+    anchor_ : Tensor (d', k)
+        The expansion point theta* (d' = d + 1 with a bias row).
+    l2_ : float
+        The penalty used.
+    prior_direction_ : Tensor (d', k)
+        ``-H^-1 (l2 P theta*)``: the prior of a test point is ``<prior_direction_[:, c], f_t>``.
+    solver_ : str
+    dropped_ : int
+        Hessian directions treated as null (explicit solver).
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_breast_cancer
+    >>> from sklearn.linear_model import LogisticRegression
+    >>> from sklearn.preprocessing import scale
+    >>> X, y = load_breast_cancer(return_X_y=True)
+    >>> X = scale(X)
+    >>> model = LogisticRegression(C=1.0, tol=1e-10, max_iter=10000).fit(X, y)
+    >>> E = RepresenterLJE(model).fit(X, y).explain(X[:3])
+    >>> bool(abs(E.values.sum(1) + E.prior - E.output).max() < 1e-4 * abs(E.output).max())
+    True
+    """
+
+    _method = "lje"
+
+    def __init__(self, model: Any, eta: float = 1e-2, l2: Any = "auto", penalize_bias: bool = False,
+                 damping: float = 0.0, solver: str = "auto", explicit_max: int = 8192, cg_tol: float = 1e-6,
+                 target: Any = None, device: str = "auto", batch_size: int = 256,
+                 block_bytes: int = DEFAULT_BLOCK_BYTES, max_dense_bytes: int = DEFAULT_MAX_DENSE_BYTES,
+                 random_state: Any = None, verbose: int = 0):
+        self.model = model
+        self.eta = eta
+        self.l2 = l2
+        self.penalize_bias = penalize_bias
+        self.damping = damping
+        self.solver = solver
+        self.explicit_max = explicit_max
+        self.cg_tol = cg_tol
+        self.target = target
+        self.device = device
+        self.batch_size = batch_size
+        self.block_bytes = block_bytes
+        self.max_dense_bytes = max_dense_bytes
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def _check_params(self) -> None:
+        super()._check_params()
+        for name in ("eta", "damping"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not v >= 0:
+                raise ValueError(f"{name} must be a non-negative number; got {v!r}.")
+        if not (self.l2 == "auto" or (isinstance(self.l2, numbers.Real) and not isinstance(self.l2, bool)
+                                      and self.l2 >= 0)):
+            raise ValueError(f"l2 must be 'auto' or a non-negative number; got {self.l2!r}.")
+        if self.solver not in ("auto", "explicit", "cg"):
+            raise ValueError(f"solver must be 'auto', 'explicit' or 'cg'; got {self.solver!r}.")
+
+    def _features(self, phi: torch.Tensor) -> torch.Tensor:
+        phi = phi.to(self.dtype_)
+        if not self.adapter_.has_bias:
+            return phi
+        return torch.cat([phi, torch.ones(len(phi), 1, dtype=phi.dtype)], 1)
+
+    def _fit_train(self, f: torch.Tensor, logits: torch.Tensor, y: torch.Tensor):
+        adapter, loss = self.adapter_, self.adapter_.loss
+        n, k = len(f), logits.shape[1]
+        d = f.shape[1]
+        theta = adapter.weight.double().cpu()
+        if adapter.has_bias:
+            theta = torch.cat([theta, adapter.bias.double().cpu().reshape(1, k)])
+        if self.l2 == "auto":
+            known = adapter.penalty_l2(n)
+            self.l2_ = 0.0 if known is None else float(known)
+        else:
+            self.l2_ = float(self.l2)
+        penalty = torch.ones(d, 1, dtype=torch.float64)
+        if adapter.has_bias and not self.penalize_bias:
+            penalty[-1] = 0.0
+        f64 = f.double()
+        obj = HeadObjective(f64, loss.targets(y, k, torch.float64), loss, l2=self.l2_, penalty=penalty,
+                            fast_features=f64 if f.dtype == torch.float64 else f)
+        _, grad, _ = obj.value_grad(theta)
+        self.anchor_ = theta + self.eta * grad  # one ascent step, true labels
+        _, _, z = obj.value_grad(self.anchor_)
+        residual = loss.grad(z, obj.t)  # g_i = f_i (x) residual_i
+        self.solver_ = self.solver if self.solver != "auto" else ("explicit" if d * k <= self.explicit_max else "cg")
+        reg = obj._reg(self.anchor_)
+        if self.solver_ == "explicit":
+            solve = self._explicit_inverse(obj, z, f64, residual)
+        else:
+            hess = obj.hessian(z)
+            damp = float(self.damping)
+            self._matvec = (lambda V: hess(V) + damp * V) if damp else hess
+            self._precond = obj.preconditioner(z)
+            self.dropped_ = 0
+            solve = self._cg_solve
+        self.prior_direction_ = -solve(reg[None])[0]
+        if self.solver_ == "explicit":
+            # W_i^T = (theta* - H^-1 g_i)^T / n, stored as (n, k, d) rows for the kernels
+            G = f64[:, :, None] * residual[:, None, :]  # (n, d, k)
+            W = (self.anchor_[None] - solve(G)) / n
+            return Dense(W.transpose(1, 2).to(self.dtype_).contiguous())
+        self._solve = solve
+        return Factored(residual.to(self.dtype_) / -n, f)
+
+    def _explicit_inverse(self, obj: HeadObjective, z: torch.Tensor, f64: torch.Tensor, residual: torch.Tensor):
+        H = obj.explicit_hessian(z)
+        if self.damping:
+            H += float(self.damping) * torch.eye(len(H), dtype=H.dtype)
+        evals, Q = torch.linalg.eigh(H)
+        top = float(evals.abs().max()) if len(evals) else 1.0
+        keep = evals > _RCOND * top
+        self.dropped_ = int((~keep).sum())
+        Qk, inv = Q[:, keep], 1.0 / evals[keep]
+        if self.dropped_:
+            # every training gradient should lie in H's range; say so when one does not
+            Qn = Q[:, ~keep]
+            leak, total = 0.0, 0.0
+            for s in range(0, len(f64), 4096):
+                G = (f64[s:s + 4096, :, None] * residual[s:s + 4096, None, :]).reshape(-1, Q.shape[0])
+                leak += float(((G @ Qn) ** 2).sum())
+                total += float((G ** 2).sum())
+            if total > 0 and leak > 1e-12 * total:
+                warnings.warn(f"The head Hessian is singular in {self.dropped_} directions that carry "
+                              f"{(leak / total) ** 0.5:.2e} of the training gradients' norm; those parts "
+                              "were dropped (pseudo-inverse). Pass damping > 0 (e.g. 1e-4) for a "
+                              "regularized inverse instead.", RuntimeWarning, stacklevel=4)
+        elif float(evals.min()) < 1e-8 * top:
+            warnings.warn(f"The head Hessian is ill-conditioned (condition number {top / float(evals.min()):.1e}); "
+                          "values may be noisy. Pass damping > 0 to regularize.", RuntimeWarning, stacklevel=4)
+        Hinv = (Qk * inv) @ Qk.T
+        dk = len(H)
+
+        def solve(B: torch.Tensor) -> torch.Tensor:  # (m, d, k) -> (m, d, k)
+            out = torch.empty_like(B, dtype=torch.float64)
+            for s in range(0, len(B), 4096):
+                out[s:s + 4096] = (B[s:s + 4096].reshape(-1, dk).double() @ Hinv).reshape(-1, *B.shape[1:])
+            return out
+
+        return solve
+
+    def _cg_solve(self, B: torch.Tensor) -> torch.Tensor:
+        X, _ = batched_conjugate_gradient(self._matvec, B.double(), precond=self._precond, rtol=self.cg_tol,
+                                          max_iter=10 * B[0].numel())
+        return X
+
+    def _test_side(self, f: torch.Tensor, c: torch.Tensor):
+        k = self.anchor_.shape[1]
+        sel = self.adapter_.loss.selector(c, k, torch.float64)  # (m, k)
+        prior = (f.double() @ self.prior_direction_ * sel).sum(1)
+        if self.solver_ == "explicit":
+            return Factored(sel.to(self.dtype_), f), None, prior
+        # CG: the test side carries H^-1 (f_t (x) sel_t); the training side is -residual_i (x) f_i / n
+        M = f.double()[:, :, None] * sel[:, None, :]  # (m, d, k)
+        if self.adapter_.loss.name == "softmax":
+            # drop the softmax shift direction v (x) 1: orthogonal to every training gradient
+            M = M - M.mean(2, keepdim=True)
+        U = self._solve(M)
+        offset = (f.double() @ self.anchor_ * sel).sum(1) / self.n_train_
+        return Dense(U.transpose(1, 2).to(self.dtype_)), offset, prior
