@@ -175,10 +175,14 @@ class RepresenterLJE(BaseExplainer):
             solve = self._cg_solve
         self.prior_direction_ = -solve(reg[None])[0]
         if self.solver_ == "explicit":
-            # W_i^T = (theta* - H^-1 g_i)^T / n, stored as (n, k, d) rows for the kernels
-            G = f64[:, :, None] * residual[:, None, :]  # (n, d, k)
-            W = (self.anchor_[None] - solve(G)) / n
-            return Dense(W.transpose(1, 2).to(self.dtype_).contiguous())
+            # W_i^T = (theta* - H^-1 g_i)^T / n, stored as (n, k, d) rows for the kernels; the
+            # n solves run in the features' dtype (H^-1 itself was formed in float64)
+            W = torch.empty(n, k, d, dtype=self.dtype_)
+            anchor = self.anchor_.to(self.dtype_)
+            for s in range(0, n, 4096):
+                G = f[s:s + 4096, :, None] * residual[s:s + 4096, None, :].to(self.dtype_)
+                W[s:s + 4096] = ((anchor[None] - solve(G)) / n).transpose(1, 2)
+            return Dense(W)
         self._solve = solve
         return Factored(residual.to(self.dtype_) / -n, f)
 
@@ -209,11 +213,13 @@ class RepresenterLJE(BaseExplainer):
                           "values may be noisy. Pass damping > 0 to regularize.", RuntimeWarning, stacklevel=4)
         Hinv = (Qk * inv) @ Qk.T
         dk = len(H)
+        Hinv_fast = Hinv.to(self.dtype_)
 
-        def solve(B: torch.Tensor) -> torch.Tensor:  # (m, d, k) -> (m, d, k)
-            out = torch.empty_like(B, dtype=torch.float64)
+        def solve(B: torch.Tensor) -> torch.Tensor:  # (m, d, k) -> (m, d, k), in B's dtype
+            inv_b = Hinv if B.dtype == torch.float64 else Hinv_fast
+            out = torch.empty_like(B)
             for s in range(0, len(B), 4096):
-                out[s:s + 4096] = (B[s:s + 4096].reshape(-1, dk).double() @ Hinv).reshape(-1, *B.shape[1:])
+                out[s:s + 4096] = (B[s:s + 4096].reshape(-1, dk) @ inv_b).reshape(-1, *B.shape[1:])
             return out
 
         return solve

@@ -79,26 +79,33 @@ def pair_block(test: Embedding, train: Embedding) -> torch.Tensor:
     if isinstance(test, Factored) and isinstance(train, Factored):
         return (test.b @ train.b.T).mul_(test.a @ train.a.T)
     if isinstance(test, Dense) and isinstance(train, Factored):
-        return _dense_factored(test, train)
+        return _dense_factored(test, train, dense_rows_first=True)
     if isinstance(test, Factored) and isinstance(train, Dense):
-        return _dense_factored(train, test).T
+        return _dense_factored(train, test, dense_rows_first=False)
     return test.u.flatten(1) @ train.u.flatten(1).T
 
 
-def _dense_factored(dense: Dense, fac: Factored) -> torch.Tensor:
+def _dense_factored(dense: Dense, fac: Factored, dense_rows_first: bool) -> torch.Tensor:
+    """<dense_j, fac_i> as (len(dense), len(fac)) or, with ``dense_rows_first=False``, its transpose."""
     m, k, d = dense.u.shape
     nz = fac.a != 0
     if k > 1 and bool((nz.sum(1) == 1).all()):
-        # one class per factored row (a selector): k times fewer products than the general case
-        cls = nz.float().argmax(1)
-        scale = fac.a.gather(1, cls[:, None])[:, 0]
-        out = torch.empty(m, len(fac), dtype=dense.u.dtype, device=dense.u.device)
+        # one class per factored row (a class selector): only that class's slice of each dense
+        # row is needed, k times fewer products than the general case
+        cls = nz.to(torch.uint8).argmax(1)
+        scaled = fac.b * fac.a.gather(1, cls[:, None])
+        shape = (m, len(fac)) if dense_rows_first else (len(fac), m)
+        out = torch.empty(shape, dtype=dense.u.dtype, device=dense.u.device)
         for c in torch.unique(cls).tolist():
             rows = (cls == c).nonzero()[:, 0]
-            out[:, rows] = dense.u[:, c, :] @ (fac.b[rows] * scale[rows, None]).T
+            if dense_rows_first:
+                out[:, rows] = dense.u[:, c, :] @ scaled[rows].T
+            else:
+                out[rows] = scaled[rows] @ dense.u[:, c, :].T
         return out
     s = (dense.u.reshape(m * k, d) @ fac.b.T).view(m, k, len(fac))
-    return s.mul_(fac.a.T).sum(1)
+    s = s.mul_(fac.a.T).sum(1)
+    return s if dense_rows_first else s.T
 
 
 def pair_rows(x: Embedding, y: Embedding) -> torch.Tensor:
