@@ -6,8 +6,8 @@ on test points, ``score`` for model selection. See shared/DESIGN.md for the arch
 
 from ._version import __version__
 from .adapters import LinearAdapter, TorchAdapter, make_adapter
-from .explainers import BaseExplainer, RepresenterLJE, RepresenterPoints
+from .explainers import BaseExplainer, RepresenterLJE, RepresenterPoints, TracIn
 from .explanation import Explanation
 
-__all__ = ["BaseExplainer", "Explanation", "LinearAdapter", "RepresenterLJE", "RepresenterPoints", "TorchAdapter",
+__all__ = ["BaseExplainer", "Explanation", "LinearAdapter", "RepresenterLJE", "RepresenterPoints", "TorchAdapter", "TracIn",
            "__version__", "make_adapter"]

@@ -55,21 +55,30 @@ def make_mlp(n_in: int = 64, hidden: int = 128, n_out: int = 10) -> nn.Module:
 
 
 def train_classifier(model: nn.Module, X, y, *, epochs: int = 30, lr: float = 1e-2, weight_decay: float = 0.0,
-                     batch_size: int = 64, random_state: int = 0) -> nn.Module:
-    """Train any classifier with Adam on cross-entropy; ``weight_decay`` is Adam's coupled L2,
-    so the objective is ``mean CE + weight_decay / 2 ||params||^2`` (pass it to LJE as ``l2``)."""
+                     batch_size: int = 64, optimizer: str = "adam", checkpoints: list | None = None,
+                     checkpoint_every: int = 5, random_state: int = 0) -> nn.Module:
+    """Train any classifier on cross-entropy with Adam or SGD.
+
+    ``weight_decay`` is the optimizer's coupled L2, so the objective is
+    ``mean CE + weight_decay / 2 ||params||^2`` (pass it to LJE as ``l2``). With a list as
+    ``checkpoints``, a copy of the state dict is appended every ``checkpoint_every`` epochs
+    (what TracIn needs).
+    """
     torch.manual_seed(random_state)
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    opt_cls = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}[optimizer]
+    opt = opt_cls(model.parameters(), lr=lr, weight_decay=weight_decay)
     Xt, yt = torch.as_tensor(X), torch.as_tensor(y, dtype=torch.long)
     gen = torch.Generator().manual_seed(random_state)
     model.train()
-    for _ in range(epochs):
+    for epoch in range(epochs):
         perm = torch.randperm(len(Xt), generator=gen)
         for s in range(0, len(Xt), batch_size):
             b = perm[s:s + batch_size]
             opt.zero_grad()
             nn.functional.cross_entropy(model(Xt[b]), yt[b]).backward()
             opt.step()
+        if checkpoints is not None and (epoch + 1) % checkpoint_every == 0:
+            checkpoints.append({k: v.detach().clone() for k, v in model.state_dict().items()})
     return model.eval()
 
 

@@ -149,7 +149,7 @@ class TorchAdapter(LastLayer):
         """Features (n, d) and logits (n, k); with ``return_labels``, also the labels a
         DataLoader carries (None for arrays and for loaders without labels)."""
         phis, outs, ys = [], [], []
-        for x, y in self._batches(X):
+        for x, y in self.batches(X):
             phi, out = self._forward_batch(x)
             phis.append(phi)
             outs.append(out)
@@ -237,7 +237,8 @@ class TorchAdapter(LastLayer):
                          "from forward(), or name the head with last_layer=.")
 
     # ---- batching -------------------------------------------------------------------------
-    def _batches(self, X: Any) -> Iterator[tuple[Any, Any]]:
+    def batches(self, X: Any) -> Iterator[tuple[Any, Any]]:
+        """Model-ready batches ``(x, y)`` on the model's device (y: a DataLoader's labels or None)."""
         if isinstance(X, DataLoader):
             yield from progress(self._loader_batches(X), self.verbose, "forward", total=len(X))
             return

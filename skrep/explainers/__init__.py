@@ -3,5 +3,6 @@
 from .base import BaseExplainer
 from .lje import RepresenterLJE
 from .representer import RepresenterPoints
+from .tracin import TracIn
 
-__all__ = ["BaseExplainer", "RepresenterLJE", "RepresenterPoints"]
+__all__ = ["BaseExplainer", "RepresenterLJE", "RepresenterPoints", "TracIn"]

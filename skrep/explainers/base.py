@@ -51,6 +51,7 @@ class BaseExplainer(BaseEstimator):
     """
 
     _method = ""
+    _explains_loss = False  # IF / TracIn explain a loss at the label y; RPS / LJE a class's logit
 
     # ---- sklearn plumbing --------------------------------------------------------------------
     def __sklearn_clone__(self) -> BaseExplainer:
@@ -149,17 +150,20 @@ class BaseExplainer(BaseEstimator):
         self.n_train_ = len(phi)
         f = self._features(phi)
         self.train_features_ = f
-        self.train_embedding_ = self._fit_train(f, logits, self.y_)
+        self.train_embedding_ = self._fit_train(f, logits, self.y_, X)
         self.train_total_ = total(self.train_embedding_)
         return self
 
-    def explain(self, X: Any, top_k: int | None = None, target: Any = None) -> Explanation:
+    def explain(self, X: Any, y: Any = None, *, top_k: int | None = None, target: Any = None) -> Explanation:
         """Values of every training point (or the top-k) for each test point.
 
         Parameters
         ----------
         X : array-like, tensor or DataLoader
             Test inputs.
+        y : array-like or None
+            Test labels. Methods that explain a loss (TracIn, influence functions) explain it at
+            these labels (default: the predicted ones); methods that decompose a logit ignore it.
         top_k : int or None
             Keep only the k strongest proponents and opponents per test point, streaming over
             training blocks (memory O(n_test * k)). None: the dense (n_test, n_train) matrix,
@@ -174,9 +178,11 @@ class BaseExplainer(BaseEstimator):
         check_is_fitted(self, "train_embedding_")
         if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1):
             raise ValueError(f"top_k must be a positive integer or None; got {top_k!r}.")
-        phi, logits, _ = self._forward(X, fitted=True)
+        phi, logits, labels = self._forward(X, fitted=True)
+        if target is None and self._explains_loss:
+            target = y if y is not None else labels
         c = self._targets(logits, target, len(phi))
-        test, offset, prior = self._test_side(self._features(phi), c)
+        test, offset, prior = self._test_side(self._features(phi), c, X)
         kw = dict(offset=offset, device=self.device_, block_bytes=self.block_bytes, verbose=self.verbose)
         if top_k is None:
             values = dense_scores(test, self.train_embedding_, max_dense_bytes=self.max_dense_bytes, **kw)
@@ -227,7 +233,7 @@ class BaseExplainer(BaseEstimator):
         cols = []
         for j in range(k):
             c = torch.full((len(f),), 1 if k == 1 else j, dtype=torch.long)
-            test, offset, prior = self._test_side(f, c)
+            test, offset, prior = self._test_side(f, c, X)
             cols.append(self._reconstruct(test, offset, prior))
         return torch.stack(cols, 1).numpy(), logits.double().numpy()
 
@@ -249,12 +255,15 @@ class BaseExplainer(BaseEstimator):
         return float(np.corrcoef(a, b)[0, 1])
 
     # ---- what a method defines ------------------------------------------------------------------
-    def _fit_train(self, f: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> Embedding:
+    def _fit_train(self, f: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, X: Any) -> Embedding:
+        """The training side, from head features f (or the raw inputs X) and encoded labels y."""
         raise NotImplementedError
 
-    def _test_side(self, f: torch.Tensor, c: torch.Tensor) -> tuple[Embedding, torch.Tensor | None, torch.Tensor | None]:
+    def _test_side(self, f: torch.Tensor, c: torch.Tensor,
+                   X: Any = None) -> tuple[Embedding, torch.Tensor | None, torch.Tensor | None]:
         """Test embeddings for explained classes ``c``, a per-test-point offset shared by every
-        training point (or None) and the prior no training point owns (or None)."""
+        training point (or None) and the prior no training point owns (or None). X is None
+        when the points are the training points themselves (self-influence)."""
         raise NotImplementedError
 
 

@@ -140,7 +140,7 @@ class RepresenterLJE(BaseExplainer):
             return phi
         return torch.cat([phi, torch.ones(len(phi), 1, dtype=phi.dtype)], 1)
 
-    def _fit_train(self, f: torch.Tensor, logits: torch.Tensor, y: torch.Tensor):
+    def _fit_train(self, f: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, X: Any):
         adapter, loss = self.adapter_, self.adapter_.loss
         n, k = len(f), logits.shape[1]
         d = f.shape[1]
@@ -229,7 +229,7 @@ class RepresenterLJE(BaseExplainer):
                                           max_iter=10 * B[0].numel())
         return X
 
-    def _test_side(self, f: torch.Tensor, c: torch.Tensor):
+    def _test_side(self, f: torch.Tensor, c: torch.Tensor, X: Any = None):
         k = self.anchor_.shape[1]
         sel = self.adapter_.loss.selector(c, k, torch.float64)  # (m, k)
         prior = (f.double() @ self.prior_direction_ * sel).sum(1)

@@ -115,7 +115,7 @@ class RepresenterPoints(BaseExplainer):
         phi = phi.to(self.dtype_)
         return torch.cat([phi, torch.ones(len(phi), 1, dtype=phi.dtype)], 1)
 
-    def _fit_train(self, f: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> Factored:
+    def _fit_train(self, f: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, X: Any) -> Factored:
         loss = self.adapter_.loss
         n, k = len(f), logits.shape[1]
         f64 = f.double()
@@ -130,6 +130,6 @@ class RepresenterPoints(BaseExplainer):
         self.alpha_ = alpha.to(self.dtype_)
         return Factored(self.alpha_, f)
 
-    def _test_side(self, f: torch.Tensor, c: torch.Tensor):
+    def _test_side(self, f: torch.Tensor, c: torch.Tensor, X: Any = None):
         sel = self.adapter_.loss.selector(c, self.alpha_.shape[1], f.dtype)
         return Factored(sel, f), None, None

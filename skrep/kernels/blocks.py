@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from .._progress import progress
-from .embeddings import Dense, Embedding, Factored, pair_block
+from .embeddings import Embedding, Factored, Sum, dtype_of, pair_block
 
 __all__ = ["BlockPlan", "plan_blocks", "iter_blocks", "dense_scores", "resolve_device",
            "DEFAULT_BLOCK_BYTES", "DEFAULT_MAX_DENSE_BYTES"]
@@ -43,9 +43,8 @@ def plan_blocks(test: Embedding, train: Embedding, block_bytes: int, min_train_r
 
     A factored pair needs two (m, n) matrices; a dense-by-factored pair needs an (m, k, n) one.
     """
-    elem = max(_element_size(test), _element_size(train))
-    k = test.shape[0]
-    per_cell = elem * (2 if isinstance(test, Factored) == isinstance(train, Factored) else k + 1)
+    elem = torch.empty((), dtype=dtype_of(test)).element_size()
+    per_cell = elem * _cell_factor(test, train)
     cells = max(1, int(block_bytes) // per_cell)
     n_test, n_train = len(test), len(train)
     test_rows = max(1, min(n_test, cells // max(1, min(n_train, 4096))))
@@ -53,9 +52,13 @@ def plan_blocks(test: Embedding, train: Embedding, block_bytes: int, min_train_r
     return BlockPlan(test_rows, train_rows)
 
 
-def _element_size(e: Embedding) -> int:
-    t = e.u if isinstance(e, Dense) else e.a
-    return t.element_size()
+def _cell_factor(test: Embedding, train: Embedding) -> int:
+    """Score-sized temporaries one pair of embeddings needs."""
+    if isinstance(test, Sum):
+        return 1 + max(_cell_factor(u, v) for u, v in zip(test.terms, train.terms))
+    if isinstance(test, Factored) == isinstance(train, Factored):
+        return 2
+    return test.shape[0] + 1
 
 
 def iter_blocks(test: Embedding, train: Embedding, plan: BlockPlan, device: torch.device,
@@ -80,7 +83,7 @@ def dense_scores(test: Embedding, train: Embedding, *, offset: torch.Tensor | No
     ``offset`` (n_test,) is added to every score of a test row (a share that every training
     point gets equally, e.g. LJE's anchor term).
     """
-    dtype = (test.u if isinstance(test, Dense) else test.a).dtype
+    dtype = dtype_of(test)
     need = len(test) * len(train) * torch.empty((), dtype=dtype).element_size()
     if need > max_dense_bytes:
         raise ValueError(

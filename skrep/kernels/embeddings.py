@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Factored", "Dense", "Embedding", "pair_block", "pair_rows", "total"]
+__all__ = ["Factored", "Dense", "Sum", "Embedding", "dtype_of", "flatten", "pair_block", "pair_rows", "total"]
 
 
 @dataclass(frozen=True)
@@ -65,17 +65,64 @@ class Dense:
         return Dense(self.u.to(device, dtype, non_blocking=True))
 
 
-Embedding = Factored | Dense
+@dataclass(frozen=True)
+class Sum:
+    """Several embeddings of the same points whose scores add: <u, v> = sum_j <u_j, v_j>.
+
+    TracIn sums over checkpoints and layers this way; each term keeps its own (factored or
+    dense) form.
+    """
+
+    terms: tuple
+
+    def __post_init__(self) -> None:
+        if not self.terms or len({len(t) for t in self.terms}) != 1:
+            raise ValueError("Sum needs one or more embeddings of the same points.")
+
+    def __len__(self) -> int:
+        return len(self.terms[0])
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(t.shape for t in self.terms)
+
+    def rows(self, start: int, stop: int) -> Sum:
+        return Sum(tuple(t.rows(start, stop) for t in self.terms))
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Sum:
+        return Sum(tuple(t.to(device, dtype) for t in self.terms))
+
+
+Embedding = Factored | Dense | Sum
+
+
+def dtype_of(e: Embedding) -> torch.dtype:
+    """The floating dtype an embedding's scores come out in."""
+    if isinstance(e, Sum):
+        return dtype_of(e.terms[0])
+    return e.u.dtype if isinstance(e, Dense) else e.a.dtype
+
+
+def flatten(e: Embedding) -> torch.Tensor:
+    """Every row as one dense vector (n, D): what a nearest-neighbour index stores."""
+    if isinstance(e, Sum):
+        return torch.cat([flatten(t) for t in e.terms], 1)
+    return _full(e).flatten(1)
 
 
 def _check_pair(x: Embedding, y: Embedding) -> None:
-    if x.shape != y.shape:
+    if isinstance(x, Sum) != isinstance(y, Sum) or x.shape != y.shape:
         raise ValueError(f"Embeddings of shapes (k, d) = {x.shape} and {y.shape} cannot be paired.")
 
 
 def pair_block(test: Embedding, train: Embedding) -> torch.Tensor:
     """Scores <u_t, v_i> for every pair: (len(test), len(train))."""
     _check_pair(test, train)
+    if isinstance(test, Sum):
+        out = pair_block(test.terms[0], train.terms[0])
+        for u, v in zip(test.terms[1:], train.terms[1:]):
+            out += pair_block(u, v)
+        return out
     if isinstance(test, Factored) and isinstance(train, Factored):
         return (test.b @ train.b.T).mul_(test.a @ train.a.T)
     if isinstance(test, Dense) and isinstance(train, Factored):
@@ -113,6 +160,8 @@ def pair_rows(x: Embedding, y: Embedding) -> torch.Tensor:
     _check_pair(x, y)
     if len(x) != len(y):
         raise ValueError(f"pair_rows needs as many rows on both sides; got {len(x)} and {len(y)}.")
+    if isinstance(x, Sum):
+        return sum(pair_rows(u, v) for u, v in zip(x.terms, y.terms))
     if isinstance(x, Factored) and isinstance(y, Factored):
         return (x.a * y.a).sum(1) * (x.b * y.b).sum(1)
     return (_full(x) * _full(y)).flatten(1).sum(1)
@@ -122,12 +171,14 @@ def _full(e: Embedding) -> torch.Tensor:
     return e.u if isinstance(e, Dense) else e.a[:, :, None] * e.b[:, None, :]
 
 
-def total(e: Embedding, dtype: torch.dtype = torch.float64) -> Dense:
+def total(e: Embedding, dtype: torch.dtype = torch.float64) -> Dense | Sum:
     """The sum of all rows as one Dense row (1, k, d), accumulated in ``dtype``.
 
     Paired with a test embedding, it gives sum_i <u_t, v_i> without any (n_test, n_train) block:
     the reconstruction of a decomposed output.
     """
+    if isinstance(e, Sum):
+        return Sum(tuple(total(t, dtype) for t in e.terms))
     if isinstance(e, Factored):
         return Dense((e.a.to(dtype).T @ e.b.to(dtype))[None])
     return Dense(e.u.to(dtype).sum(0, keepdim=True))

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from .blocks import DEFAULT_BLOCK_BYTES, iter_blocks, plan_blocks
-from .embeddings import Dense, Embedding
+from .embeddings import Embedding, dtype_of
 
 __all__ = ["TopK", "stream_topk", "merge_topk"]
 
@@ -39,7 +39,7 @@ def stream_topk(test: Embedding, train: Embedding, k: int, *, offset: torch.Tens
     n_test, n_train = len(test), len(train)
     k = min(int(k), n_train)
     plan = plan_blocks(test, train, block_bytes, min_train_rows=k)
-    dtype = (test.u if isinstance(test, Dense) else test.a).dtype
+    dtype = dtype_of(test)
     out = {flag: (torch.empty(n_test, k, dtype=dtype), torch.empty(n_test, k, dtype=torch.long))
            for flag in (True, False)}
     running: dict[bool, tuple[torch.Tensor, torch.Tensor]] = {}

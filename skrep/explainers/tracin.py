@@ -1,0 +1,393 @@
+"""TracIn: influence traced through training checkpoints (Pruthi et al., NeurIPS 2020).
+
+``value(t, i) = sum_k eta_k <grad L(w_k; x_i, y_i), grad L(w_k; x_t, y_t)>`` over saved
+checkpoints w_k with the learning rates eta_k in force after them. Positive: a gradient step on
+training point i lowered the loss at the test point (a proponent).
+
+Every gradient here is kept in the form that makes the inner products cheap (shared/DESIGN.md
+section 4):
+
+- ``params="head"``: the head's per-sample gradient is the rank-1 ``(p - y) (x) [phi, 1]``
+  (bias included), so the score of a pair is ``<r_i, r_t> <f_i, f_t>``, no autograd at all.
+- any ``nn.Linear`` among the chosen parameters, applied once per sample to a vector: its
+  gradient is also rank-1, ``delta (x) [x, 1]`` with delta the gradient of the loss in the
+  layer's output (appendix F), captured with hooks from one batched backward pass.
+- every other parameter (convolutions, embeddings, recurrent weights): per-sample gradients
+  from ``torch.func`` (vmap over grad), kept dense.
+
+Random projections (appendix E) precompute low-dimensional sketches of the training gradients
+once at fit: 'gaussian' multiplies the full gradient by G with N(0, 1/D) entries, unbiased for
+inner products; 'fc-fast' projects a Linear layer's factors separately,
+``(G1 delta) (x) (G2 x)`` with sqrt(D) x sqrt(D) factors, in O((m + n) sqrt(D)).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import numbers
+import os
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted
+from torch import nn
+
+from ..adapters import TorchAdapter
+from ..explanation import Explanation
+from ..kernels import DEFAULT_BLOCK_BYTES, DEFAULT_MAX_DENSE_BYTES, Dense, Factored, Sum, flatten, pair_rows
+from ..kernels.index import InnerProductIndex
+from .base import BaseExplainer
+
+__all__ = ["TracIn", "load_checkpoints"]
+
+
+class TracIn(BaseExplainer):
+    """TracInCP: checkpoint influence of training points on the loss at test points.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The network (its architecture; its current weights are used to predict labels when
+        ``y`` is not given to ``explain``).
+    checkpoints : list of state dicts or paths
+        Saved during training; paths are read with ``torch.load(weights_only=True)``.
+    learning_rates : float or list of float
+        The learning rate in force after each checkpoint (one value for all).
+    params : 'head', 'all' or list of str, default='head'
+        Parameters whose gradients are traced: the final nn.Linear, every parameter, or the
+        named modules (as in ``model.named_modules()``) and/or parameters.
+    projection_dim : int or None, default=None
+        Dimension of the random projection of the training gradients (None: exact).
+    projection : {'gaussian', 'fc-fast'}, default='gaussian'
+    index : None, 'faiss' or 'hnsw', default=None
+        Build an approximate nearest-neighbour index over the training gradients at fit, used
+        by ``explain(top_k=...)`` for low-latency proponents and opponents.
+    target, device, batch_size, block_bytes, max_dense_bytes, random_state, verbose
+        See :class:`~skrep.explainers.base.BaseExplainer`. ``target`` fixes the label at which
+        the test loss is explained (default: ``y`` given to explain, else the prediction).
+
+    Examples
+    --------
+    >>> import torch
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    >>> X, y = torch.randn(30, 4), torch.randint(0, 3, (30,))
+    >>> tr = TracIn(net, [net.state_dict()], 0.1, params="all").fit(X, y)
+    >>> tr.explain(X[:2], y[:2]).values.shape
+    (2, 30)
+    """
+
+    _method = "tracin"
+    _explains_loss = True
+
+    def __init__(self, model: Any, checkpoints: Any = None, learning_rates: Any = 1.0, params: Any = "head",
+                 projection_dim: int | None = None, projection: str = "gaussian", index: str | None = None,
+                 target: Any = None, device: str = "auto", batch_size: int = 256,
+                 block_bytes: int = DEFAULT_BLOCK_BYTES, max_dense_bytes: int = DEFAULT_MAX_DENSE_BYTES,
+                 random_state: Any = None, verbose: int = 0):
+        self.model = model
+        self.checkpoints = checkpoints
+        self.learning_rates = learning_rates
+        self.params = params
+        self.projection_dim = projection_dim
+        self.projection = projection
+        self.index = index
+        self.target = target
+        self.device = device
+        self.batch_size = batch_size
+        self.block_bytes = block_bytes
+        self.max_dense_bytes = max_dense_bytes
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # ---- parameters ------------------------------------------------------------------------------
+    def _check_params(self) -> None:
+        super()._check_params()
+        if not isinstance(self.model, nn.Module):
+            raise TypeError(f"TracIn needs a torch nn.Module; got {type(self.model).__name__}.")
+        if self.checkpoints is None or isinstance(self.checkpoints, (str, os.PathLike, dict)) \
+                or len(self.checkpoints) == 0:
+            raise ValueError("checkpoints must be a non-empty list of state dicts or file paths.")
+        rates = self.learning_rates
+        rates = [rates] * len(self.checkpoints) if isinstance(rates, numbers.Real) else list(rates)
+        if len(rates) != len(self.checkpoints) or not all(
+                isinstance(r, numbers.Real) and not isinstance(r, bool) and r > 0 for r in rates):
+            raise ValueError(f"learning_rates must be a positive number or one per checkpoint "
+                             f"({len(self.checkpoints)}); got {self.learning_rates!r}.")
+        self._rates = [float(r) for r in rates]
+        if self.projection_dim is not None and (isinstance(self.projection_dim, bool) or not isinstance(
+                self.projection_dim, numbers.Integral) or self.projection_dim < 1):
+            raise ValueError(f"projection_dim must be a positive integer or None; got {self.projection_dim!r}.")
+        if self.projection not in ("gaussian", "fc-fast"):
+            raise ValueError(f"projection must be 'gaussian' or 'fc-fast'; got {self.projection!r}.")
+        if self.index not in (None, "faiss", "hnsw"):
+            raise ValueError(f"index must be None, 'faiss' or 'hnsw'; got {self.index!r}.")
+        if not (self.params in ("head", "all") or (isinstance(self.params, (list, tuple)) and self.params
+                                                   and all(isinstance(p, str) for p in self.params))):
+            raise ValueError(f"params must be 'head', 'all' or a list of module/parameter names; "
+                             f"got {self.params!r}.")
+
+    # ---- fit / explain ---------------------------------------------------------------------------
+    def _fit_train(self, f, logits, y, X):
+        self.checkpoints_ = load_checkpoints(self.model, self.checkpoints)
+        self._plan_groups()
+        self._projections = self._draw_projections()
+        emb = self._embed(X, y)
+        self.index_ = None
+        if self.index is not None:
+            self.index_ = InnerProductIndex(flatten(emb).float().numpy(), self.index,
+                                            random_state=check_random_state(self.random_state).randint(2**31))
+        return emb
+
+    def _test_side(self, f, c, X=None):
+        return self._embed(X, c), None, None
+
+    def self_influence(self) -> np.ndarray:
+        """sum_k eta_k ||g_i(w_k)||^2 for each training point, at its own label: (n_train,).
+
+        High self-influence marks points the model had to learn by themselves, the typical
+        signature of a mislabelled example (TracIn paper, section 4.2).
+        """
+        check_is_fitted(self, "train_embedding_")
+        return pair_rows(self.train_embedding_, self.train_embedding_).double().numpy()
+
+    def explain(self, X: Any, y: Any = None, *, top_k: int | None = None, target: Any = None) -> Explanation:
+        if self.index is None or top_k is None:
+            return super().explain(X, y, top_k=top_k, target=target)
+        check_is_fitted(self, "train_embedding_")
+        if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1:
+            raise ValueError(f"top_k must be a positive integer or None; got {top_k!r}.")
+        phi, logits, labels = self._forward(X, fitted=True)
+        c = self._targets(logits, target if target is not None else (y if y is not None else labels), len(phi))
+        q = flatten(self._embed(X, c)).float().numpy()
+        pi, pv = self.index_.search(q, top_k)
+        oi, ov = self.index_.search(-q, top_k)
+        top = {"pro_index": pi, "pro_value": pv, "opp_index": oi, "opp_value": -ov}
+        return Explanation(top=top, n_train=self.n_train_, target=c.numpy(), method=self._method)
+
+    # ---- gradients -------------------------------------------------------------------------------
+    def _plan_groups(self) -> None:
+        """Split the traced parameters into Linear layers (rank-1 gradients) and the rest."""
+        module = self.model
+        if self.params == "head":
+            self._head_only = True
+            return
+        self._head_only = False
+        named = dict(module.named_parameters())
+        if self.params == "all":
+            chosen = set(named)
+        else:
+            modules = dict(module.named_modules())
+            chosen = set()
+            for name in self.params:
+                if name in named:
+                    chosen.add(name)
+                elif name in modules:
+                    chosen |= {f"{name}.{p}" if name else p for p, _ in modules[name].named_parameters()}
+                else:
+                    raise ValueError(f"params names {name!r}, which is neither a module nor a parameter of "
+                                     f"the model; modules: {[m for m in modules if m][:20]}.")
+        self._linear = []
+        for name, m in module.named_modules():
+            if isinstance(m, nn.Linear):
+                own = {f"{name}.weight"} | ({f"{name}.bias"} if m.bias is not None else set())
+                if f"{name}.weight" in chosen:
+                    self._linear.append((name, f"{name}.bias" in chosen))
+                    chosen -= own & chosen
+        self._other = sorted(chosen, key=list(named).index)
+        if not self._linear and not self._other:
+            raise ValueError("params selects no trainable parameter.")
+
+    def _draw_projections(self) -> dict:
+        """Random matrices, drawn once from random_state (shared by train and test sides)."""
+        D = self.projection_dim
+        if D is None:
+            return {}
+        rng = torch.Generator().manual_seed(int(check_random_state(self.random_state).randint(2**31)))
+        shapes = self._gradient_shapes()
+        out = {}
+        for key, (k, d) in shapes.items():
+            if self.projection == "fc-fast" and key != "other":
+                s = max(1, math.isqrt(D - 1) + 1)  # ceil(sqrt(D))
+                out[key] = (torch.randn(k, s, generator=rng) / math.sqrt(s),
+                            torch.randn(d, s, generator=rng) / math.sqrt(s))
+            else:
+                out[key] = torch.randn(k * d, D, generator=rng) / math.sqrt(D)
+        return out
+
+    def _gradient_shapes(self) -> dict:
+        if self._head_only:
+            head = self.adapter_.head
+            return {"head": (head.out_features, head.in_features + (head.bias is not None))}
+        modules = dict(self.model.named_modules())
+        shapes = {name: (modules[name].out_features, modules[name].in_features + has_bias)
+                  for name, has_bias in self._linear}
+        if self._other:
+            named = dict(self.model.named_parameters())
+            shapes["other"] = (1, sum(named[p].numel() for p in self._other))
+        return shapes
+
+    def _embed(self, X: Any, labels: torch.Tensor) -> Sum:
+        """Per-checkpoint gradient embeddings of the points X at ``labels``, scaled by sqrt(eta)."""
+        work = copy.deepcopy(self.model)  # the user's model keeps its own weights
+        terms = []
+        for state, eta in zip(self.checkpoints_, self._rates):
+            work.load_state_dict(state)
+            adapter = TorchAdapter(work, last_layer=self.adapter_.head_name, loss=self.adapter_.loss,
+                                   batch_size=self.batch_size, verbose=self.verbose)
+            groups = self._head_groups(adapter, X, labels) if self._head_only else \
+                self._network_groups(adapter, X, labels)
+            for key, emb in groups.items():
+                terms.append(_scale(self._project(key, emb), math.sqrt(eta)))
+        return Sum(tuple(terms))
+
+    def _head_groups(self, adapter: TorchAdapter, X: Any, labels: torch.Tensor) -> dict:
+        phi, logits = adapter.forward(X)
+        loss = adapter.loss
+        r = loss.grad(logits, loss.targets(labels, logits.shape[1], logits.dtype))
+        if adapter.has_bias:
+            phi = torch.cat([phi, torch.ones(len(phi), 1, dtype=phi.dtype)], 1)
+        return {"head": Factored(r, phi)}
+
+    def _network_groups(self, adapter: TorchAdapter, X: Any, labels: torch.Tensor) -> dict:
+        module, loss = adapter.module, adapter.loss
+        modules = dict(module.named_modules())
+        names = [n for n, _ in self._linear]
+        deltas: dict = {n: [] for n in names}
+        inputs: dict = {n: [] for n in names}
+        other: list = []
+        start = 0
+        was_training = module.training
+        module.eval()
+        try:
+            for x, _ in adapter.batches(X):
+                b = len(x) if not isinstance(x, dict) else len(next(iter(x.values())))
+                t = labels[start:start + b]
+                start += b
+                if names:
+                    d, i = _linear_factors(module, modules, names, x, t, loss)
+                    for n in names:
+                        deltas[n].append(d[n])
+                        inputs[n].append(i[n])
+                if self._other:
+                    other.append(_per_sample_grads(module, self._other, x, t, loss))
+        finally:
+            module.train(was_training)
+        out = {}
+        for n, has_bias in self._linear:
+            xs = torch.cat(inputs[n])
+            if has_bias:
+                xs = torch.cat([xs, torch.ones(len(xs), 1, dtype=xs.dtype)], 1)
+            out[n] = Factored(torch.cat(deltas[n]), xs)
+        if self._other:
+            out["other"] = Dense(torch.cat(other)[:, None, :])
+        return out
+
+    def _project(self, key: str, emb):
+        P = self._projections.get(key)
+        if P is None:
+            return emb
+        if isinstance(P, tuple):  # fc-fast: (G1 delta) (x) (G2 x), flattened for indexes and Sums alike
+            return Factored(emb.a @ P[0], emb.b @ P[1])
+        full = emb.u.flatten(1) if isinstance(emb, Dense) else (emb.a[:, :, None] * emb.b[:, None, :]).flatten(1)
+        return Dense((full @ P)[:, None, :])
+
+
+def _scale(emb, c: float):
+    return Factored(emb.a * c, emb.b) if isinstance(emb, Factored) else Dense(emb.u * c)
+
+
+def _linear_factors(module: nn.Module, modules: dict, names: list, x, t, loss):
+    """Per-sample (delta, input) of every named Linear layer from one batched backward pass.
+
+    Per-sample losses are independent in eval mode, so the gradient of their sum in a layer's
+    output is, row by row, each sample's own delta.
+    """
+    seen_in: dict = {}
+    seen_out: dict = {}
+
+    def hook(name):
+        def fn(m, inp, out):
+            if name in seen_out:
+                raise ValueError(f"Layer {name!r} runs more than once per forward pass, so its per-sample "
+                                 "gradient is not rank-1; trace it by parameter name instead.")
+            seen_in[name], seen_out[name] = inp[0].detach(), out
+        return fn
+
+    handles = [modules[n].register_forward_hook(hook(n)) for n in names]
+    try:
+        with torch.enable_grad():
+            out = module(**x) if isinstance(x, dict) else module(x)
+            for n in names:
+                if seen_in[n].ndim != 2:
+                    raise ValueError(f"Layer {names!r} gets input of shape {tuple(seen_in[n].shape)}: not one "
+                                     "vector per sample. Trace it by parameter name instead.")
+            value = loss.value(out, loss.targets(t, out.shape[1], out.dtype)).sum()
+            grads = torch.autograd.grad(value, [seen_out[n] for n in names], allow_unused=True)
+    finally:
+        for h in handles:
+            h.remove()
+    deltas = {n: (g if g is not None else torch.zeros_like(seen_out[n])).detach().cpu() for n, g in zip(names, grads)}
+    return deltas, {n: seen_in[n].cpu() for n in names}
+
+
+def _per_sample_grads(module: nn.Module, names: list, x, t, loss) -> torch.Tensor:
+    """Flattened per-sample gradients (b, P) of the named parameters, by torch.func."""
+    from torch.func import functional_call, grad, vmap
+
+    params = {n: p.detach() for n, p in module.named_parameters() if n in names}
+    buffers = dict(module.named_buffers())
+
+    def sample_loss(p, xi, ti):
+        xb = {k: v[None] for k, v in xi.items()} if isinstance(xi, dict) else xi[None]
+        out = functional_call(module, (p, buffers), (), xb) if isinstance(xb, dict) else \
+            functional_call(module, (p, buffers), (xb,))
+        return loss.value(out, loss.targets(ti[None], out.shape[1], out.dtype)).sum()
+
+    try:
+        g = vmap(grad(sample_loss), in_dims=(None, 0, 0))(params, x, t)
+    except (RuntimeError, NotImplementedError):  # an op without a batching rule: one sample at a time
+        g = {n: [] for n in names}
+        for j in range(len(t)):
+            xj = {k: v[j] for k, v in x.items()} if isinstance(x, dict) else x[j]
+            gj = grad(sample_loss)(params, xj, t[j])
+            for n in names:
+                g[n].append(gj[n])
+        g = {n: torch.stack(v) for n, v in g.items()}
+    return torch.cat([g[n].reshape(len(t), -1) for n in names], 1).detach().cpu()
+
+
+def load_checkpoints(model: nn.Module, checkpoints: list) -> list[dict]:
+    """Read and check every checkpoint against the model's parameters, once.
+
+    Paths are read with ``torch.load(weights_only=True)`` (no code runs). A missing, unreadable
+    or mismatched checkpoint raises an error that names the file and the parameter.
+    """
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    states = []
+    for j, ckpt in enumerate(checkpoints):
+        name = f"checkpoint {j}"
+        if isinstance(ckpt, (str, os.PathLike)):
+            name = f"checkpoint {os.fspath(ckpt)!r}"
+            if not os.path.exists(ckpt):
+                raise FileNotFoundError(f"{name} does not exist.")
+            try:
+                ckpt = torch.load(ckpt, map_location="cpu", weights_only=True)
+            except Exception as e:  # noqa: BLE001 - any unreadable file is the user's to fix
+                raise ValueError(f"{name} could not be read as a torch state dict ({type(e).__name__}: {e}).") from e
+        if isinstance(ckpt, dict) and "state_dict" in ckpt and isinstance(ckpt["state_dict"], dict):
+            ckpt = ckpt["state_dict"]
+        if not isinstance(ckpt, dict):
+            raise TypeError(f"{name} is a {type(ckpt).__name__}, not a state dict.")
+        missing = sorted(set(expected) - set(ckpt))
+        extra = sorted(set(ckpt) - set(expected))
+        if missing or extra:
+            raise ValueError(f"{name} does not match the model: missing {missing[:5]}, unexpected {extra[:5]}.")
+        for k, shape in expected.items():
+            if tuple(ckpt[k].shape) != tuple(shape):
+                raise ValueError(f"{name} does not match the model: parameter {k!r} has shape "
+                                 f"{tuple(ckpt[k].shape)}, the model's has {tuple(shape)}.")
+        states.append({k: v.detach().cpu().clone() for k, v in ckpt.items()})
+    return states
