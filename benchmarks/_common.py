@@ -77,8 +77,15 @@ def synthetic_head(n_train: int, n_test: int, d: int, k: int, seed: int = 0):
 
 def write_results(name: str, results: dict) -> Path:
     RESULTS.mkdir(exist_ok=True)
-    results = {"machine": {"cpu_count": torch.get_num_threads(), "python": platform.python_version(),
-                           "torch": torch.__version__, "platform": platform.platform()}, **results}
+    results = {
+        "machine": {
+            "cpu_count": torch.get_num_threads(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "platform": platform.platform(),
+        },
+        **results,
+    }
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))

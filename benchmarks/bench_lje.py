@@ -45,10 +45,14 @@ def main() -> None:
     W = lje.train_embedding_.u
     results = {
         "shape": {"n_train": a.n_train, "dim": a.dim, "classes": a.classes, "n_test": a.n_test},
-        "rps_fit_s": t_fit_rps, "lje_fit_s": t_fit_lje, "lje_solver": lje.solver_,
+        "rps_fit_s": t_fit_rps,
+        "lje_fit_s": t_fit_lje,
+        "lje_solver": lje.solver_,
         "lje_fit_peak_rss_mb": fit_mem["delta"] / 2**20,
         "lje_train_side_mb": W.numel() * W.element_size() / 2**20,
-        "rps_explain_topk_s": t_rps, "lje_explain_topk_s": t_lje, "explain_ratio": t_lje / t_rps,
+        "rps_explain_topk_s": t_rps,
+        "lje_explain_topk_s": t_lje,
+        "explain_ratio": t_lje / t_rps,
         "targets": {"explain_ratio": "<= 1.2"},
     }
     write_results("bench_lje", results)

@@ -22,7 +22,7 @@ def make_sequences(n: int, length: int = 12, vocab: int = 20, random_state: int 
     for i in range(n):
         pos = rng.choice(length, counts[i].sum(), replace=False)
         X[i, pos] = np.repeat([1, 2, 3], counts[i])
-    y = np.stack([(X == t).sum(1) for t in (1, 2, 3)], 1).argmax(1)
+    y = np.stack([(t == X).sum(1) for t in (1, 2, 3)], 1).argmax(1)
     return X.astype(np.int64), y
 
 
@@ -50,7 +50,7 @@ def main(quick: bool = False) -> None:
     pro, val = E.proponents(2)
     for t in range(3):
         print(f"test {t} {Xt[t].tolist()} label {yt[t]} predicted {E.target[t]}")
-        for i, v in zip(pro[t], val[t]):
+        for i, v in zip(pro[t], val[t], strict=True):
             print(f"    proponent #{i} {X[i].tolist()} label {y[i]} ({v:+.3f})")
 
 

@@ -18,8 +18,10 @@ def main(quick: bool = False) -> None:
     lje = RepresenterLJE(model, l2=1e-4, penalize_bias=True).fit(data.X_train, data.y_train)
     rps = RepresenterPoints(model).fit(data.X_train, data.y_train)
     E = lje.explain(data.X_test, top_k=5)
-    print(f"fidelity (Pearson of all centered logits): LJE {lje.score(data.X_test):.4f}, "
-          f"RPS-L2 {rps.score(data.X_test):.4f}")
+    print(
+        f"fidelity (Pearson of all centered logits): LJE {lje.score(data.X_test):.4f}, "
+        f"RPS-L2 {rps.score(data.X_test):.4f}"
+    )
     err = np.abs(E.reconstruction - E.output).max() / np.abs(E.output).max()
     print(f"LJE: values.sum + prior vs the model's logit, max relative error {err:.3g}")
     print("top proponents and opponents of the first two test digits:")

@@ -26,10 +26,12 @@ def draw_shapes(n: int, size: int = 16, random_state: int = 0):
         cx, cy = rng.uniform(5, size - 5, 2)
         r = rng.uniform(2.5, 4.5)
         dist = np.hypot(xx - cx, yy - cy)
-        img = {0: dist <= r,
-               1: (abs(xx - cx) <= r * 0.8) & (abs(yy - cy) <= r * 0.8),
-               2: ((abs(xx - cx) <= 1) & (abs(yy - cy) <= r)) | ((abs(yy - cy) <= 1) & (abs(xx - cx) <= r)),
-               3: (dist <= r) & (dist >= r - 1.5)}[int(label)]
+        img = {
+            0: dist <= r,
+            1: (abs(xx - cx) <= r * 0.8) & (abs(yy - cy) <= r * 0.8),
+            2: ((abs(xx - cx) <= 1) & (abs(yy - cy) <= r)) | ((abs(yy - cy) <= 1) & (abs(xx - cx) <= r)),
+            3: (dist <= r) & (dist >= r - 1.5),
+        }[int(label)]
         X[i, 0] = img + 0.3 * rng.normal(size=(size, size))
     return X, y
 
@@ -44,8 +46,15 @@ class Block(nn.Module):
 
 
 def small_resnet(c: int = 16, n_classes: int = len(SHAPES)) -> nn.Module:
-    return nn.Sequential(nn.Conv2d(1, c, 3, padding=1), nn.ReLU(), Block(c), Block(c),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, n_classes))
+    return nn.Sequential(
+        nn.Conv2d(1, c, 3, padding=1),
+        nn.ReLU(),
+        Block(c),
+        Block(c),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(c, n_classes),
+    )
 
 
 def settle_head(model: nn.Module, X, y, weight_decay: float) -> None:
@@ -64,7 +73,7 @@ def settle_head(model: nn.Module, X, y, weight_decay: float) -> None:
     def closure():
         opt.zero_grad()
         loss = nn.functional.cross_entropy(head(feats), target)
-        loss = loss + 0.5 * weight_decay * sum((p ** 2).sum() for p in head.parameters())
+        loss = loss + 0.5 * weight_decay * sum((p**2).sum() for p in head.parameters())
         loss.backward()
         return loss
 
@@ -83,7 +92,7 @@ def main(quick: bool = False) -> None:
     print(f"ResNet test accuracy {acc:.3f}; LJE fidelity (Pearson of centered logits) {lje.score(Xt):.4f}")
     pro, val = E.proponents(3)
     for t in range(4):
-        names = ", ".join(f"#{i} {SHAPES[y[i]]} ({v:+.3f})" for i, v in zip(pro[t], val[t]))
+        names = ", ".join(f"#{i} {SHAPES[y[i]]} ({v:+.3f})" for i, v in zip(pro[t], val[t], strict=True))
         print(f"test {t} ({SHAPES[yt[t]]}, predicted {SHAPES[E.target[t]]}): proponents {names}")
 
 

@@ -9,5 +9,14 @@ from .adapters import LinearAdapter, TorchAdapter, make_adapter
 from .explainers import BaseExplainer, RepresenterLJE, RepresenterPoints, TracIn
 from .explanation import Explanation
 
-__all__ = ["BaseExplainer", "Explanation", "LinearAdapter", "RepresenterLJE", "RepresenterPoints", "TorchAdapter", "TracIn",
-           "__version__", "make_adapter"]
+__all__ = [
+    "BaseExplainer",
+    "Explanation",
+    "LinearAdapter",
+    "RepresenterLJE",
+    "RepresenterPoints",
+    "TorchAdapter",
+    "TracIn",
+    "__version__",
+    "make_adapter",
+]

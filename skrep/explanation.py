@@ -28,7 +28,8 @@ class Explanation:
         strongest first.
     n_train : int
     target : ndarray of shape (n_test,)
-        The class (or output) explained for each test point.
+        The class label (as the model names its classes) or output index explained for each
+        test point.
     reconstruction : ndarray of shape (n_test,) or None
         The sum over all training points plus the prior, accumulated in float64 (available in
         top-k form too).
@@ -48,9 +49,18 @@ class Explanation:
     (array([[1]]), array([[-1.]]))
     """
 
-    def __init__(self, *, values: np.ndarray | None = None, top: dict[str, np.ndarray] | None = None,
-                 n_train: int, target: np.ndarray, reconstruction: np.ndarray | None = None,
-                 prior: np.ndarray | None = None, output: np.ndarray | None = None, method: str = ""):
+    def __init__(
+        self,
+        *,
+        values: np.ndarray | None = None,
+        top: dict[str, np.ndarray] | None = None,
+        n_train: int,
+        target: np.ndarray,
+        reconstruction: np.ndarray | None = None,
+        prior: np.ndarray | None = None,
+        output: np.ndarray | None = None,
+        method: str = "",
+    ):
         if (values is None) == (top is None):
             raise ValueError("An Explanation holds either dense values or a top-k form, exactly one.")
         self.values = values
@@ -67,6 +77,7 @@ class Explanation:
 
     @property
     def n_test(self) -> int:
+        """Number of explained test points."""
         return len(self.target)
 
     @property
@@ -84,10 +95,13 @@ class Explanation:
             order = np.argsort(-np.take_along_axis(v, part, 1), axis=1, kind="stable")
             idx = np.take_along_axis(part, order, 1)
             return idx, np.take_along_axis(self.values, idx, 1)
-        if k > self.k:
-            raise ValueError(f"This explanation kept only the top {self.k}; explain again with top_k={k}.")
+        top = self.top
+        assert top is not None  # one of the two forms is always present (checked in __init__)
+        kept = top["pro_index"].shape[1]
+        if k > kept:
+            raise ValueError(f"This explanation kept only the top {kept}; explain again with top_k={k}.")
         key = "pro" if largest else "opp"
-        return self.top[f"{key}_index"][:, :k], self.top[f"{key}_value"][:, :k]
+        return top[f"{key}_index"][:, :k], top[f"{key}_value"][:, :k]
 
     def proponents(self, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Indices and values (each (n_test, k)) of the k largest values, largest first."""
@@ -111,14 +125,21 @@ class Explanation:
         parts = []
         for kind, (idx, val) in (("proponent", self.proponents(k)), ("opponent", self.opponents(k))):
             n, kk = idx.shape
-            frame = pd.DataFrame({"test": np.repeat(np.arange(n), kk), "kind": kind,
-                                  "rank": np.tile(np.arange(kk), n), "train_index": idx.ravel(),
-                                  "value": val.ravel()})
+            frame = pd.DataFrame(
+                {
+                    "test": np.repeat(np.arange(n), kk),
+                    "kind": kind,
+                    "rank": np.tile(np.arange(kk), n),
+                    "train_index": idx.ravel(),
+                    "value": val.ravel(),
+                }
+            )
             if train_labels is not None:
                 frame["train_label"] = np.asarray(train_labels)[idx.ravel()]
             parts.append(frame)
-        return pd.concat(parts, ignore_index=True).sort_values(["test", "kind", "rank"], ignore_index=True,
-                                                               ascending=[True, False, True])
+        return pd.concat(parts, ignore_index=True).sort_values(
+            ["test", "kind", "rank"], ignore_index=True, ascending=[True, False, True]
+        )
 
     def __repr__(self) -> str:
         form = "dense" if self.values is not None else f"top-{self.k}"

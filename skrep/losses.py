@@ -76,6 +76,8 @@ class Loss:
 
 
 class SoftmaxLoss(Loss):
+    """Cross-entropy of softmax(z) against class labels or probabilities."""
+
     name = "softmax"
 
     def targets(self, y, k, dtype):
@@ -106,6 +108,8 @@ class SoftmaxLoss(Loss):
 
 
 class LogisticLoss(Loss):
+    """Binary cross-entropy of sigmoid(z) for one margin per sample."""
+
     name = "logistic"
 
     def targets(self, y, k, dtype):
@@ -135,6 +139,8 @@ class LogisticLoss(Loss):
 
 
 class SquaredLoss(Loss):
+    """Half the squared error of real outputs."""
+
     name = "squared"
     is_classification = False
 

@@ -1,4 +1,3 @@
-import numpy as np
 import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
@@ -25,4 +24,3 @@ def digits_logreg(digits):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
-    np.random.seed(0)

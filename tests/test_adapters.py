@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from models import LSTMClassifier, SmallResNet
 from sklearn.datasets import make_classification, make_regression
 from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge, SGDClassifier
@@ -12,7 +13,6 @@ from sklearn.svm import LinearSVC
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from models import LSTMClassifier, SmallResNet
 from skrep.adapters import LinearAdapter, TorchAdapter, make_adapter
 
 
@@ -129,14 +129,21 @@ def _binary():
     return make_classification(n_samples=120, n_features=6, random_state=0)
 
 
-@pytest.mark.parametrize("model,data,loss,k", [
-    (LogisticRegression(), _binary, "logistic", 1),
-    (LogisticRegression(max_iter=1000), lambda: make_classification(150, 6, n_informative=4, n_classes=3,
-                                                                      random_state=0), "softmax", 3),
-    (SGDClassifier(loss="log_loss", random_state=0), _binary, "logistic", 1),
-    (Ridge(alpha=2.0), lambda: make_regression(100, 5, random_state=0), "squared", 1),
-    (LinearRegression(), lambda: make_regression(100, 5, n_targets=2, random_state=0), "squared", 2),
-])
+@pytest.mark.parametrize(
+    "model,data,loss,k",
+    [
+        (LogisticRegression(), _binary, "logistic", 1),
+        (
+            LogisticRegression(max_iter=1000),
+            lambda: make_classification(150, 6, n_informative=4, n_classes=3, random_state=0),
+            "softmax",
+            3,
+        ),
+        (SGDClassifier(loss="log_loss", random_state=0), _binary, "logistic", 1),
+        (Ridge(alpha=2.0), lambda: make_regression(100, 5, random_state=0), "squared", 1),
+        (LinearRegression(), lambda: make_regression(100, 5, n_targets=2, random_state=0), "squared", 2),
+    ],
+)
 def test_linear_adapter_reproduces_decision_function(model, data, loss, k):
     X, y = data()
     model.fit(X, y)

@@ -27,8 +27,11 @@ def test_pair_block_and_rows_equal_explicit_inner_products(kind, selector):
     g = torch.Generator().manual_seed(1)
     fac_t, fac_n = _factored(4, k, d, 2), _factored(6, k, d, 3)
     if selector:  # one class per row, scaled: the class-grouped fast path
-        fac_t = Factored(torch.nn.functional.one_hot(torch.tensor([2, 0, 2, 1]), k) * torch.tensor(
-            [[1.5], [-2.0], [0.5], [1.0]], dtype=torch.float64), fac_t.b)
+        fac_t = Factored(
+            torch.nn.functional.one_hot(torch.tensor([2, 0, 2, 1]), k)
+            * torch.tensor([[1.5], [-2.0], [0.5], [1.0]], dtype=torch.float64),
+            fac_t.b,
+        )
         fac_n = Factored(torch.nn.functional.one_hot(torch.tensor([1, 1, 0, 2, 0, 1]), k).double(), fac_n.b)
     den_t = Dense(torch.randn(4, k, d, generator=g, dtype=torch.float64))
     den_n = Dense(torch.randn(6, k, d, generator=g, dtype=torch.float64))
@@ -116,6 +119,7 @@ def test_newton_solve_reaches_scipy_minimum():
         value, grad, _ = obj.value_grad(torch.as_tensor(w.reshape(6, 4)))
         return value, grad.numpy().ravel()
 
-    ref = scipy_opt.minimize(fun, np.zeros(24), jac=True, method="L-BFGS-B", options={"gtol": 1e-12, "ftol": 0,
-                                                                                   "maxiter": 10000})
+    ref = scipy_opt.minimize(
+        fun, np.zeros(24), jac=True, method="L-BFGS-B", options={"gtol": 1e-12, "ftol": 0, "maxiter": 10000}
+    )
     np.testing.assert_allclose(theta.numpy().ravel(), ref.x, rtol=1e-5, atol=1e-6)

@@ -54,8 +54,9 @@ def test_faithful_to_penalized_logistic_regression(C, n_classes):
     recon_all, own = lje.reconstruct(X[:100])
     assert _rel(recon_all, logits) <= 1e-4
     E = lje.explain(X[:100])
-    np.testing.assert_allclose(E.values.astype(np.float64).sum(1) + E.prior, E.output, rtol=0,
-                               atol=1e-4 * np.abs(E.output).max())
+    np.testing.assert_allclose(
+        E.values.astype(np.float64).sum(1) + E.prior, E.output, rtol=0, atol=1e-4 * np.abs(E.output).max()
+    )
     # the paper's l2=0 ignores the penalty and misses the logits by far more
     paper = RepresenterLJE(model, l2=0.0).fit(X, y).explain(X[:100])
     assert _rel(paper.values.sum(1), paper.output) > 100 * _rel(E.values.sum(1) + E.prior, E.output)
@@ -64,12 +65,10 @@ def test_faithful_to_penalized_logistic_regression(C, n_classes):
 @pytest.mark.parametrize("n_classes", [2, 3])
 def test_faithful_to_unpenalized_model_without_prior(n_classes):
     # flipped labels keep the data non-separable, so the unpenalized optimum is finite
-    X, y = make_classification(400, 6, n_informative=4, n_redundant=0, n_classes=n_classes, flip_y=0.2,
-                               random_state=1)
+    X, y = make_classification(400, 6, n_informative=4, n_redundant=0, n_classes=n_classes, flip_y=0.2, random_state=1)
     model = LogisticRegression(C=np.inf, tol=1e-10, max_iter=10000, solver="newton-cholesky").fit(X, y)
     E = RepresenterLJE(model, l2=0.0).fit(X, y).explain(X[:80])
-    np.testing.assert_allclose(E.values.astype(np.float64).sum(1), E.output, rtol=0,
-                               atol=1e-4 * np.abs(E.output).max())
+    np.testing.assert_allclose(E.values.astype(np.float64).sum(1), E.output, rtol=0, atol=1e-4 * np.abs(E.output).max())
 
 
 def _centered_error(explainer, X):
@@ -80,8 +79,9 @@ def _centered_error(explainer, X):
 
 
 def _mean_jaccard(P):
-    return np.mean([len(set(P[a]) & set(P[b])) / len(set(P[a]) | set(P[b]))
-                    for a in range(len(P)) for b in range(a + 1, len(P))])
+    return np.mean(
+        [len(set(P[a]) & set(P[b])) / len(set(P[a]) | set(P[b])) for a in range(len(P)) for b in range(a + 1, len(P))]
+    )
 
 
 def test_digits_mlp_faithful_and_instance_level(digits, digits_mlp, capsys):
@@ -96,20 +96,31 @@ def test_digits_mlp_faithful_and_instance_level(digits, digits_mlp, capsys):
     jac_lje = np.mean([_mean_jaccard(E.proponents(10)[0][E.target == c]) for c in range(10)])
     jac_rps = np.mean([_mean_jaccard(Ep.proponents(10)[0][Ep.target == c]) for c in range(10)])
     with capsys.disabled():
-        print(f"\n[LJE digits MLP] Pearson with the model's logits {pearson:.4f}; relative error of all "
-              f"(centered) logits LJE {err_lje:.3f} vs RPS-L2 {err_rps:.3f}; mean top-10 Jaccard within a "
-              f"predicted class LJE {jac_lje:.3f} vs RPS-L2 {jac_rps:.3f}")
+        print(
+            f"\n[LJE digits MLP] Pearson with the model's logits {pearson:.4f}; relative error of all "
+            f"(centered) logits LJE {err_lje:.3f} vs RPS-L2 {err_rps:.3f}; mean top-10 Jaccard within a "
+            f"predicted class LJE {jac_lje:.3f} vs RPS-L2 {jac_rps:.3f}"
+        )
     assert pearson >= 0.99
     assert err_lje < err_rps
     assert jac_lje < jac_rps
 
 
 def test_stable_across_eta(digits, digits_mlp):
-    tops = [RepresenterLJE(digits_mlp, l2=1e-4, penalize_bias=True, eta=eta).fit(digits.X_train, digits.y_train)
-            .explain(digits.X_test, top_k=5).proponents(5)[0] for eta in (1e-4, 1e-3, 1e-2)]
+    tops = [
+        RepresenterLJE(digits_mlp, l2=1e-4, penalize_bias=True, eta=eta)
+        .fit(digits.X_train, digits.y_train)
+        .explain(digits.X_test, top_k=5)
+        .proponents(5)[0]
+        for eta in (1e-4, 1e-3, 1e-2)
+    ]
     for a, b in [(0, 1), (1, 2), (0, 2)]:
-        jac = np.mean([len(set(tops[a][t]) & set(tops[b][t])) / len(set(tops[a][t]) | set(tops[b][t]))
-                       for t in range(len(tops[a]))])
+        jac = np.mean(
+            [
+                len(set(tops[a][t]) & set(tops[b][t])) / len(set(tops[a][t]) | set(tops[b][t]))
+                for t in range(len(tops[a]))
+            ]
+        )
         assert jac >= 0.8
 
 
@@ -161,5 +172,45 @@ def test_bad_parameters():
     X, y = make_classification(50, 4, random_state=0)
     model = LogisticRegression().fit(X, y)
     for kw in ({"eta": -1}, {"l2": "model"}, {"l2": -0.1}, {"damping": "big"}, {"solver": "lu"}):
-        with pytest.raises(ValueError, match=next(iter(kw))):
+        with pytest.raises((ValueError, TypeError), match=next(iter(kw))):
             RepresenterLJE(model, **kw).fit(X, y)
+
+
+def test_cg_on_wide_unpenalized_softmax_head_with_dead_unit():
+    """The softmax shift and a unit dead on every training point make H singular; the CG path
+    must solve on its range, agree with the explicit path, and stay finite on a test point
+    where the dead unit fires."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 40), torch.nn.ReLU(), torch.nn.Linear(40, 5)).double()
+    with torch.no_grad():
+        net[0].weight[3] = 0.0
+        net[0].bias[3] = -1.0  # unit 3 never fires on the training inputs
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(200, 6)), rng.integers(0, 5, 200)
+    ex = RepresenterLJE(net, l2=0.0, solver="explicit").fit(X, y)
+    cg = RepresenterLJE(net, l2=0.0, solver="cg", cg_tol=1e-10).fit(X, y)
+    Xt = rng.normal(size=(4, 6))
+    with torch.no_grad():
+        net_alive = net[0].bias[3].item()
+    assert net_alive == -1.0
+    Ee, Ec = ex.explain(Xt), cg.explain(Xt)
+    np.testing.assert_allclose(Ec.values, Ee.values, rtol=0, atol=1e-5 * np.abs(Ee.values).max())
+    assert np.isfinite(Ec.values).all()
+
+
+def test_cg_explainer_pickles():
+    import pickle
+
+    X, y = make_classification(120, 5, n_informative=3, n_redundant=0, n_classes=3, random_state=0)
+    model = LogisticRegression(C=1.0, solver="newton-cholesky").fit(X, y)
+    lje = RepresenterLJE(model, solver="cg").fit(X, y)
+    again = pickle.loads(pickle.dumps(lje))
+    np.testing.assert_array_equal(again.explain(X[:5]).values, lje.explain(X[:5]).values)
+
+
+def test_auto_l2_refuses_objectives_it_cannot_express():
+    X, y = make_classification(100, 5, random_state=0)
+    for model in (LogisticRegression(class_weight="balanced"), LogisticRegression(solver="liblinear")):
+        with pytest.raises(ValueError, match="l2="):
+            RepresenterLJE(model.fit(X, y)).fit(X, y)
+    RepresenterLJE(LogisticRegression(class_weight="balanced").fit(X, y), l2=0.01).fit(X, y)

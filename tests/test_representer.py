@@ -54,12 +54,14 @@ def test_rps_on_digits_mlp(digits, digits_mlp, capsys):
 
 def test_rps_on_logistic_regression(digits, digits_logreg, capsys):
     logits = digits_logreg.decision_function(digits.X_test)
-    default = _check_decomposition(RepresenterPoints(digits_logreg).fit(digits.X_train, digits.y_train),
-                                   logits, digits.X_test)
+    default = _check_decomposition(
+        RepresenterPoints(digits_logreg).fit(digits.X_train, digits.y_train), logits, digits.X_test
+    )
     # the model's own penalty is 1 / (2 C n) = 3.5e-4 in RPS units: a refit 10x stronger changes
     # the argmax of ~2% of the points; a refit near the model's own strength agrees on >= 99%
-    close = _check_decomposition(RepresenterPoints(digits_logreg, lam=1e-4).fit(digits.X_train, digits.y_train),
-                                 logits, digits.X_test)
+    close = _check_decomposition(
+        RepresenterPoints(digits_logreg, lam=1e-4).fit(digits.X_train, digits.y_train), logits, digits.X_test
+    )
     with capsys.disabled():
         print(f"\n[RPS-L2 digits LogisticRegression(C=1)] lam=3e-3: {default}; lam=1e-4: {close}")
     # over all (centered) logits the default refit is as faithful as the paper's; the predicted
@@ -100,10 +102,15 @@ def test_alpha_and_values_match_independent_float64_theorem():
         Z = Z - Z.max(1, keepdims=True)
         logS = Z - np.log(np.exp(Z).sum(1, keepdims=True))
         G = np.exp(logS) - P
-        return -(P * logS).sum() / n + lam * (w ** 2).sum(), (F.T @ G / n).ravel() + 2 * lam * w
+        return -(P * logS).sum() / n + lam * (w**2).sum(), (F.T @ G / n).ravel() + 2 * lam * w
 
-    res = scipy.optimize.minimize(objective, np.zeros((d + 1) * k), jac=True, method="L-BFGS-B",
-                                  options={"gtol": 1e-13, "ftol": 0, "maxiter": 10000})
+    res = scipy.optimize.minimize(
+        objective,
+        np.zeros((d + 1) * k),
+        jac=True,
+        method="L-BFGS-B",
+        options={"gtol": 1e-13, "ftol": 0, "maxiter": 10000},
+    )
     W = res.x.reshape(d + 1, k)
     Z = F @ W
     S = np.exp(Z - Z.max(1, keepdims=True))

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 import torch
+from models import LSTMClassifier
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from models import LSTMClassifier
 from skrep import TracIn
 from skrep.demo import load_digits_data, make_mlp, train_classifier
 
@@ -17,7 +17,7 @@ def _brute_force(model, states, rates, X, y, Xt, yt, select):
     out = np.zeros((len(Xt), len(X)))
     original = {k: v.clone() for k, v in model.state_dict().items()}
     try:
-        for state, eta in zip(states, rates):
+        for state, eta in zip(states, rates, strict=True):
             work.load_state_dict(state)
             work.eval()
 
@@ -25,7 +25,7 @@ def _brute_force(model, states, rates, X, y, Xt, yt, select):
                 rows = []
                 for j in range(len(A)):
                     work.zero_grad()
-                    nn.functional.cross_entropy(work(A[j:j + 1]), b[j:j + 1]).backward()
+                    nn.functional.cross_entropy(work(A[j : j + 1]), b[j : j + 1]).backward()
                     rows.append(torch.cat([p.grad.flatten() for n, p in work.named_parameters() if select(n)]))
                 return torch.stack(rows).double()
 
@@ -39,13 +39,19 @@ def _states(model, n=3, seed=0):
     g = torch.Generator().manual_seed(seed)
     states = []
     for _ in range(n):
-        states.append({k: v + 0.1 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v
-                       for k, v in model.state_dict().items()})
+        states.append(
+            {
+                k: v + 0.1 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v
+                for k, v in model.state_dict().items()
+            }
+        )
     return states
 
 
-@pytest.mark.parametrize("params,select", [("head", lambda n: n.startswith("2.")), ("all", lambda n: True),
-                                           (["0"], lambda n: n.startswith("0."))])
+@pytest.mark.parametrize(
+    "params,select",
+    [("head", lambda n: n.startswith("2.")), ("all", lambda n: True), (["0"], lambda n: n.startswith("0."))],
+)
 def test_mlp_equals_brute_force(params, select):
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3))
@@ -89,8 +95,17 @@ def flipped_run():
     data = load_digits_data(flip_fraction=0.1, random_state=0)
     ckpts: list = []
     torch.manual_seed(0)
-    model = train_classifier(make_mlp(), data.X_train, data.y_train, epochs=15, lr=0.1, batch_size=32,
-                             optimizer="sgd", checkpoints=ckpts, checkpoint_every=5)
+    model = train_classifier(
+        make_mlp(),
+        data.X_train,
+        data.y_train,
+        epochs=15,
+        lr=0.1,
+        batch_size=32,
+        optimizer="sgd",
+        checkpoints=ckpts,
+        checkpoint_every=5,
+    )
     return data, model, ckpts
 
 
@@ -98,8 +113,12 @@ def test_gaussian_projection_is_unbiased_and_close(flipped_run):
     data, model, ckpts = flipped_run
     X, y, Xt = data.X_train[:300], data.y_train[:300], data.X_test[:4]
     exact = TracIn(model, ckpts, 0.1, params="all").fit(X, y).explain(Xt).values
-    runs = np.stack([TracIn(model, ckpts, 0.1, params="all", projection_dim=64, random_state=s)
-                     .fit(X, y).explain(Xt).values for s in range(50)])
+    runs = np.stack(
+        [
+            TracIn(model, ckpts, 0.1, params="all", projection_dim=64, random_state=s).fit(X, y).explain(Xt).values
+            for s in range(50)
+        ]
+    )
     se = runs.std(0, ddof=1) / np.sqrt(len(runs))
     z = np.abs(runs.mean(0) - exact) / se
     assert np.mean(z < 3) >= 0.97  # 3 standard errors, allowing the expected handful of 3-sigma events
@@ -119,14 +138,14 @@ def test_fc_fast_projection_mean_and_variance():
     s, reps = 16, 4000
     est = []
     for _ in range(reps):
-        G1 = torch.randn(30, s, generator=g, dtype=torch.float64) / s ** 0.5
-        G2 = torch.randn(50, s, generator=g, dtype=torch.float64) / s ** 0.5
+        G1 = torch.randn(30, s, generator=g, dtype=torch.float64) / s**0.5
+        G2 = torch.randn(50, s, generator=g, dtype=torch.float64) / s**0.5
         est.append(float(((a @ G1) @ (c @ G1)) * ((b @ G2) @ (e @ G2))))
     est = np.array(est)
     mx, my = float(a @ c), float(b @ e)
-    vx = (mx ** 2 + float(a @ a) * float(c @ c)) / s
-    vy = (my ** 2 + float(b @ b) * float(e @ e)) / s
-    var = (vx + mx ** 2) * (vy + my ** 2) - mx ** 2 * my ** 2
+    vx = (mx**2 + float(a @ a) * float(c @ c)) / s
+    vy = (my**2 + float(b @ b) * float(e @ e)) / s
+    var = (vx + mx**2) * (vy + my**2) - mx**2 * my**2
     assert abs(est.mean() - mx * my) < 3 * np.sqrt(var / reps)
     assert 0.85 < est.var() / var < 1.15
 
@@ -136,8 +155,12 @@ def test_fc_fast_projection_in_tracin(flipped_run):
     X, y, Xt = data.X_train[:300], data.y_train[:300], data.X_test[:10]
     exact = TracIn(model, ckpts, 0.1, params="all").fit(X, y).explain(Xt).values
     # each Linear layer gets sqrt(D) x sqrt(D) factors: the variance is that of a sqrt(D)-dim sketch
-    fast = TracIn(model, ckpts, 0.1, params="all", projection="fc-fast", projection_dim=4096,
-                  random_state=0).fit(X, y).explain(Xt).values
+    fast = (
+        TracIn(model, ckpts, 0.1, params="all", projection="fc-fast", projection_dim=4096, random_state=0)
+        .fit(X, y)
+        .explain(Xt)
+        .values
+    )
     assert np.corrcoef(fast.ravel(), exact.ravel())[0, 1] >= 0.9
 
 

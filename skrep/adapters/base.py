@@ -31,15 +31,30 @@ class LastLayer(Protocol):
         The class labels in logit order (None for regression).
     """
 
-    weight: torch.Tensor
-    bias: torch.Tensor
-    has_bias: bool
-    mask: torch.Tensor | None
-    loss: Loss
-    classes_: np.ndarray | None
+    @property
+    def weight(self) -> torch.Tensor: ...
 
-    def forward(self, X: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features (n, d) and the model's own logits (n, k), in one pass, no grad."""
+    @property
+    def bias(self) -> torch.Tensor: ...
+
+    @property
+    def has_bias(self) -> bool: ...
+
+    @property
+    def mask(self) -> torch.Tensor | None: ...
+
+    @property
+    def loss(self) -> Loss: ...
+
+    @property
+    def classes_(self) -> np.ndarray | None: ...
+
+    def forward(self, X: Any, return_labels: bool = False) -> Any:
+        """Features (n, d) and the model's own logits (n, k), in one pass, no grad.
+
+        With ``return_labels``, a third element: labels carried by the input (a DataLoader's
+        ``(x, y)`` batches), or None.
+        """
 
     def features(self, X: Any) -> torch.Tensor:
         """Penultimate representation phi(X), shape (n, d)."""
@@ -48,7 +63,11 @@ class LastLayer(Protocol):
         """The model's own raw output, shape (n, k)."""
 
     def penalty_l2(self, n_samples: int) -> float | None:
-        """The model's L2 strength as ``l2`` in ``mean loss + l2 / 2 ||w||^2`` (None: unknown)."""
+        """The model's L2 strength as ``l2`` in ``mean loss + l2 / 2 ||w||^2``.
+
+        None when the model does not carry it (a torch module: weight decay belongs to the
+        optimizer); a ValueError when the model's objective is not of this form.
+        """
 
 
 def encode_labels(y: Any, classes: np.ndarray | None, name: str = "y") -> torch.Tensor:
@@ -59,6 +78,8 @@ def encode_labels(y: Any, classes: np.ndarray | None, name: str = "y") -> torch.
     y = np.asarray(y)
     if y.ndim != 1:
         if classes is None and y.ndim == 2:
+            if not np.issubdtype(y.dtype, np.number) or not np.all(np.isfinite(y)):
+                raise ValueError(f"{name} must be finite numbers for a regression model.")
             return torch.as_tensor(y, dtype=torch.float64)
         raise ValueError(f"{name} must be one-dimensional (n_samples,); got shape {y.shape}.")
     if classes is None:

@@ -13,14 +13,13 @@ from sklearn.utils import check_array
 from sklearn.utils.validation import check_is_fitted
 
 from ..losses import Loss, get_loss
-from .base import LastLayer
 
 __all__ = ["LinearAdapter", "SUPPORTED_LINEAR"]
 
 SUPPORTED_LINEAR = (LogisticRegression, SGDClassifier, Ridge, LinearRegression)
 
 
-class LinearAdapter(LastLayer):
+class LinearAdapter:
     """See a fitted sklearn linear model as a linear head on its own inputs.
 
     Supported: ``LogisticRegression`` (binary: logistic loss; multiclass: softmax),
@@ -50,19 +49,24 @@ class LinearAdapter(LastLayer):
         self.estimator, self.transform = _split_pipeline(model)
         est = self.estimator
         if not isinstance(est, SUPPORTED_LINEAR):
-            raise TypeError(f"LinearAdapter supports {', '.join(c.__name__ for c in SUPPORTED_LINEAR)} "
-                            f"(optionally as the last step of a Pipeline); got {type(est).__name__}.")
-        check_is_fitted(est, "coef_", msg=f"This {type(est).__name__} is not fitted yet: fit it before "
-                                           "explaining it.")
+            raise TypeError(
+                f"LinearAdapter supports {', '.join(c.__name__ for c in SUPPORTED_LINEAR)} "
+                f"(optionally as the last step of a Pipeline); got {type(est).__name__}."
+            )
+        check_is_fitted(est, "coef_", msg=f"This {type(est).__name__} is not fitted yet: fit it before explaining it.")
         coef = np.atleast_2d(np.asarray(est.coef_, dtype=np.float64))
         self.classes_ = getattr(est, "classes_", None)
         if isinstance(est, SGDClassifier):
             if est.loss != "log_loss":
-                raise ValueError(f"SGDClassifier(loss={est.loss!r}) is not twice differentiable; skrep "
-                                 "explains SGDClassifier(loss='log_loss').")
+                raise ValueError(
+                    f"SGDClassifier(loss={est.loss!r}) is not twice differentiable; skrep "
+                    "explains SGDClassifier(loss='log_loss')."
+                )
             if coef.shape[0] > 1:
-                raise ValueError("A multiclass SGDClassifier is one-vs-rest: its head has no softmax loss. "
-                                 "Use LogisticRegression for a multinomial model.")
+                raise ValueError(
+                    "A multiclass SGDClassifier is one-vs-rest: its head has no softmax loss. "
+                    "Use LogisticRegression for a multinomial model."
+                )
         if self.classes_ is not None:
             self._loss = get_loss("logistic" if coef.shape[0] == 1 else "softmax")
         else:
@@ -85,15 +89,32 @@ class LinearAdapter(LastLayer):
     dtype = torch.float64
 
     def penalty_l2(self, n_samples: int) -> float | None:
+        """The model's L2 strength in skrep's units; a ValueError when its objective has another form."""
         est = self.estimator
+        name = type(est).__name__
+        if getattr(est, "class_weight", None) is not None:
+            raise ValueError(
+                f"{name}(class_weight=...) weighs samples unequally: its objective is not a mean loss "
+                "plus an L2 penalty. Pass l2= explicitly to use an approximation."
+            )
         if isinstance(est, LogisticRegression):
+            C = getattr(est, "C_", [getattr(est, "C", None)])[0] if hasattr(est, "C_") else est.C
             if getattr(est, "l1_ratio", 0.0) not in (0, 0.0, None) or est.penalty not in ("l2", "deprecated"):
-                return None
-            return 0.0 if np.isinf(est.C) else 1.0 / (est.C * n_samples)
+                raise ValueError(f"{name} has an L1 / elastic-net penalty, which has no Hessian; pass l2= explicitly.")
+            if est.solver == "liblinear" and est.fit_intercept:
+                raise ValueError(
+                    f"{name}(solver='liblinear') penalizes the intercept through intercept_scaling; "
+                    "refit with another solver or pass l2= and penalize_bias=True."
+                )
+            return 0.0 if np.isinf(C) else 1.0 / (float(C) * n_samples)
         if isinstance(est, Ridge):
+            if np.ndim(est.alpha) != 0:
+                raise ValueError(f"{name} has one alpha per target; skrep's l2 is one number. Pass l2= explicitly.")
             return float(est.alpha) / n_samples
         if isinstance(est, SGDClassifier):
-            return float(est.alpha) if est.penalty == "l2" else None
+            if est.penalty != "l2":
+                raise ValueError(f"SGDClassifier(penalty={est.penalty!r}) is not an L2 penalty; pass l2= explicitly.")
+            return float(est.alpha)
         return 0.0
 
     def _inputs(self, X: Any) -> np.ndarray:
@@ -101,16 +122,23 @@ class LinearAdapter(LastLayer):
             X = self.transform.transform(X)
         X = check_array(X, dtype=np.float64, input_name="X", accept_sparse=False)
         if X.shape[1] != self.n_features_in_:
-            raise ValueError(f"X has {X.shape[1]} features but the model was fitted with "
-                             f"{self.n_features_in_}; pass data with the model's columns.")
+            raise ValueError(
+                f"X has {X.shape[1]} features but the model was fitted with "
+                f"{self.n_features_in_}; pass data with the model's columns."
+            )
         return X
 
     def forward(self, X: Any, return_labels: bool = False) -> Any:
         X = self._inputs(X)
         phi = torch.as_tensor(X)
-        out = torch.as_tensor(np.asarray(self.estimator.decision_function(X)
-                                         if hasattr(self.estimator, "decision_function")
-                                         else self.estimator.predict(X), dtype=np.float64))
+        out = torch.as_tensor(
+            np.asarray(
+                self.estimator.decision_function(X)
+                if hasattr(self.estimator, "decision_function")
+                else self.estimator.predict(X),
+                dtype=np.float64,
+            )
+        )
         out = out.reshape(len(X), -1)
         return (phi, out, None) if return_labels else (phi, out)
 

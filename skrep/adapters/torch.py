@@ -9,16 +9,15 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, SequentialSampler
 
 from .._progress import progress
 from ..losses import Loss, get_loss
-from .base import LastLayer
 
 __all__ = ["TorchAdapter"]
 
 
-class TorchAdapter(LastLayer):
+class TorchAdapter:
     """See an ``nn.Module`` as ``logits = phi(x) @ weight + bias``.
 
     phi is captured with a forward hook on the input of the final ``nn.Linear``, so MLPs,
@@ -56,8 +55,14 @@ class TorchAdapter(LastLayer):
     (torch.Size([5, 8]), torch.Size([5, 3]))
     """
 
-    def __init__(self, module: nn.Module, last_layer: str | None = None, loss: str | Loss = "auto",
-                 batch_size: int = 256, verbose: int = 0):
+    def __init__(
+        self,
+        module: nn.Module,
+        last_layer: str | None = None,
+        loss: str | Loss = "auto",
+        batch_size: int = 256,
+        verbose: int = 0,
+    ):
         if not isinstance(module, nn.Module):
             raise TypeError(f"TorchAdapter needs a torch.nn.Module; got {type(module).__name__}.")
         self.module = module
@@ -71,15 +76,20 @@ class TorchAdapter(LastLayer):
             modules = dict(module.named_modules())
             if last_layer not in modules:
                 linear = [n for n, m in modules.items() if isinstance(m, nn.Linear)]
-                raise ValueError(f"last_layer={last_layer!r} is not a submodule of the model; "
-                                 f"its nn.Linear layers are {linear}.")
+                raise ValueError(
+                    f"last_layer={last_layer!r} is not a submodule of the model; its nn.Linear layers are {linear}."
+                )
             if not isinstance(modules[last_layer], nn.Linear):
-                raise TypeError(f"last_layer={last_layer!r} is a {type(modules[last_layer]).__name__}, "
-                                "not an nn.Linear; name the final nn.Linear that produces the output.")
+                raise TypeError(
+                    f"last_layer={last_layer!r} is a {type(modules[last_layer]).__name__}, "
+                    "not an nn.Linear; name the final nn.Linear that produces the output."
+                )
             self._head, self._head_name = modules[last_layer], last_layer
         elif not any(isinstance(m, nn.Linear) for m in module.modules()):
-            raise ValueError(f"The model {type(module).__name__} has no nn.Linear layer, so it has no "
-                             "linear head to explain; wrap its output layer in an nn.Linear.")
+            raise ValueError(
+                f"The model {type(module).__name__} has no nn.Linear layer, so it has no "
+                "linear head to explain; wrap its output layer in an nn.Linear."
+            )
 
     # ---- the head -------------------------------------------------------------------------
     @property
@@ -100,8 +110,9 @@ class TorchAdapter(LastLayer):
     @property
     def bias(self) -> torch.Tensor:
         b = self.head.bias
-        return b.detach() if b is not None else torch.zeros(self.head.out_features, dtype=self.dtype,
-                                                            device=self.device)
+        return (
+            b.detach() if b is not None else torch.zeros(self.head.out_features, dtype=self.dtype, device=self.device)
+        )
 
     @property
     def has_bias(self) -> bool:
@@ -121,8 +132,10 @@ class TorchAdapter(LastLayer):
         if loss.name == "logistic" and self.n_outputs != 1:
             raise ValueError(f"loss='logistic' needs a head with one output; this one has {self.n_outputs}.")
         if loss.name == "softmax" and self.n_outputs < 2:
-            raise ValueError("loss='softmax' needs a head with at least two outputs; this one has one "
-                             "(use 'logistic' for a binary margin or 'squared' for regression).")
+            raise ValueError(
+                "loss='softmax' needs a head with at least two outputs; this one has one "
+                "(use 'logistic' for a binary margin or 'squared' for regression)."
+            )
         return loss
 
     @property
@@ -146,8 +159,11 @@ class TorchAdapter(LastLayer):
 
     # ---- forward passes -------------------------------------------------------------------
     def forward(self, X: Any, return_labels: bool = False) -> Any:
-        """Features (n, d) and logits (n, k); with ``return_labels``, also the labels a
-        DataLoader carries (None for arrays and for loaders without labels)."""
+        """Features (n, d) and logits (n, k).
+
+        With ``return_labels``, also the labels a DataLoader carries (None for arrays and for
+        loaders without labels).
+        """
         phis, outs, ys = [], [], []
         for x, y in self.batches(X):
             phi, out = self._forward_batch(x)
@@ -183,12 +199,15 @@ class TorchAdapter(LastLayer):
             out = self.module(**x) if isinstance(x, Mapping) else self.module(x)
         except (RuntimeError, TypeError, IndexError) as e:
             shape = {k: tuple(v.shape) for k, v in x.items()} if isinstance(x, Mapping) else tuple(x.shape)
-            raise ValueError(f"The model could not be applied to a batch of shape {shape}: {e}. "
-                             "Check that X has the layout, feature count and dtype the model expects.") from e
+            raise ValueError(
+                f"The model could not be applied to a batch of shape {shape}: {e}. "
+                "Check that X has the layout, feature count and dtype the model expects."
+            ) from e
         if not isinstance(out, torch.Tensor) or out.ndim != 2:
             what = type(out).__name__ if not isinstance(out, torch.Tensor) else f"a tensor of shape {tuple(out.shape)}"
-            raise ValueError(f"The model returned {what}; skrep needs logits of shape (batch, k) "
-                             "produced by a final nn.Linear.")
+            raise ValueError(
+                f"The model returned {what}; skrep needs logits of shape (batch, k) produced by a final nn.Linear."
+            )
         return out
 
     def _forward_batch(self, x: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -205,23 +224,32 @@ class TorchAdapter(LastLayer):
 
     def _check_capture(self, captured: list[torch.Tensor], out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if len(captured) != 1:
-            raise ValueError(f"The head {self._head_name!r} ran {len(captured)} times in one forward pass; "
-                             "it must run exactly once to be the model's linear head.")
+            raise ValueError(
+                f"The head {self._head_name!r} ran {len(captured)} times in one forward pass; "
+                "it must run exactly once to be the model's linear head."
+            )
         phi = captured[0]
         if phi.ndim != 2:
-            raise ValueError(f"The head {self._head_name!r} receives input of shape {tuple(phi.shape)}; "
-                             "it must receive one feature vector per sample (batch, d).")
+            raise ValueError(
+                f"The head {self._head_name!r} receives input of shape {tuple(phi.shape)}; "
+                "it must receive one feature vector per sample (batch, d)."
+            )
         expected = phi @ self.weight + self.bias
         if out.shape != expected.shape or not torch.allclose(out, expected, rtol=1e-4, atol=1e-5):
-            raise ValueError(f"The model's output is not the output of {self._head_name!r}: something "
-                             "(a softmax, a scaling, another layer) comes after it. skrep explains the "
-                             "logits of a final nn.Linear; return them from forward().")
+            raise ValueError(
+                f"The model's output is not the output of {self._head_name!r}: something "
+                "(a softmax, a scaling, another layer) comes after it. skrep explains the "
+                "logits of a final nn.Linear; return them from forward()."
+            )
         return phi.detach().cpu(), out.detach().cpu()
 
     def _find_head(self, x: Any) -> tuple[torch.Tensor, torch.Tensor]:
         seen: list[tuple[str, torch.Tensor, torch.Tensor]] = []
-        hooks = [m.register_forward_hook(lambda m, i, o, name=name: seen.append((name, i[0], o)))
-                 for name, m in self.module.named_modules() if isinstance(m, nn.Linear)]
+        hooks = [
+            m.register_forward_hook(lambda m, i, o, name=name: seen.append((name, i[0], o)))
+            for name, m in self.module.named_modules()
+            if isinstance(m, nn.Linear)
+        ]
         try:
             out = self._run(x)
         finally:
@@ -232,9 +260,11 @@ class TorchAdapter(LastLayer):
                 self._head_name, self._head = name, dict(self.module.named_modules())[name]
                 return self._check_capture([i for n, i, _ in seen if n == name], out)
         last = seen[-1][0] if seen else None
-        raise ValueError(f"The model's output is not produced by an nn.Linear (the last one to run was "
-                         f"{last!r}); something comes after it. Return the logits of a final nn.Linear "
-                         "from forward(), or name the head with last_layer=.")
+        raise ValueError(
+            f"The model's output is not produced by an nn.Linear (the last one to run was "
+            f"{last!r}); something comes after it. Return the logits of a final nn.Linear "
+            "from forward(), or name the head with last_layer=."
+        )
 
     # ---- batching -------------------------------------------------------------------------
     def batches(self, X: Any) -> Iterator[tuple[Any, Any]]:
@@ -245,27 +275,40 @@ class TorchAdapter(LastLayer):
         X = _as_tensor(X, self.dtype)
         starts = range(0, len(X), self.batch_size)
         for s in progress(starts, self.verbose, "forward", total=len(starts)):
-            yield X[s:s + self.batch_size].to(self.device), None
+            yield X[s : s + self.batch_size].to(self.device), None
 
     def _loader_batches(self, loader: DataLoader) -> Iterator[tuple[Any, Any]]:
+        if not isinstance(loader.sampler, SequentialSampler):
+            raise ValueError(
+                "The DataLoader draws samples in a random order (shuffle=True or a custom sampler): training "
+                "point indices and labels would not line up across passes. Pass a DataLoader with shuffle=False."
+            )
         for batch in loader:
             y = None
+            x: torch.Tensor | dict[str, torch.Tensor]
             if isinstance(batch, Mapping):
                 batch = dict(batch)
                 y = batch.pop("labels", batch.pop("label", None))
-                x = {k: _check_finite(v, f"X[{k!r}]").to(self.device) for k, v in batch.items()}
+                x = {k: self._to_model(v, f"X[{k!r}]") for k, v in batch.items()}
             elif isinstance(batch, (tuple, list)):
-                x = _check_finite(batch[0], "X").to(self.device)
+                x = self._to_model(batch[0], "X")
                 y = batch[1] if len(batch) > 1 else None
             else:
-                x = _check_finite(batch, "X").to(self.device)
+                x = self._to_model(batch, "X")
             yield x, y
+
+    def _to_model(self, t: Any, name: str) -> torch.Tensor:
+        t = _check_finite(t, name)
+        if t.is_floating_point():
+            t = t.to(self.dtype)
+        return t.to(self.device)
 
 
 def _check_finite(t: Any, name: str) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name}: DataLoader batches must be tensors, (x, y) tuples or dicts of tensors; "
-                        f"got {type(t).__name__}.")
+        raise TypeError(
+            f"{name}: DataLoader batches must be tensors, (x, y) tuples or dicts of tensors; got {type(t).__name__}."
+        )
     if t.is_floating_point() and not torch.isfinite(t).all():
         raise ValueError(f"{name} contains NaN or infinity; remove or impute those samples first.")
     return t

@@ -16,10 +16,18 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
+from .._validation import check_number
 from ..adapters import LastLayer, TorchAdapter, encode_labels, make_adapter
 from ..explanation import Explanation
-from ..kernels import (DEFAULT_BLOCK_BYTES, DEFAULT_MAX_DENSE_BYTES, Embedding, dense_scores, pair_block,
-                       pair_rows, resolve_device, stream_topk, total)
+from ..kernels import (
+    Embedding,
+    dense_scores,
+    pair_block,
+    pair_rows,
+    resolve_device,
+    stream_topk,
+    total,
+)
 
 __all__ = ["BaseExplainer"]
 
@@ -51,6 +59,7 @@ class BaseExplainer(BaseEstimator):
     """
 
     _method = ""
+    _sample_shape_: tuple[int, ...] | None = None
     _explains_loss = False  # IF / TracIn explain a loss at the label y; RPS / LJE a class's logit
 
     # ---- sklearn plumbing --------------------------------------------------------------------
@@ -73,16 +82,16 @@ class BaseExplainer(BaseEstimator):
 
     def _check_params(self) -> None:
         for name in ("batch_size", "block_bytes", "max_dense_bytes"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
-                raise ValueError(f"{name} must be a positive integer; got {v!r}.")
+            check_number(getattr(self, name), name, integer=True)
 
     # ---- inputs ----------------------------------------------------------------------------------
     def _forward(self, X: Any, fitted: bool) -> tuple[torch.Tensor, torch.Tensor, np.ndarray | None]:
         shape = _sample_shape(X)
         if fitted and shape is not None and self._sample_shape_ is not None and shape != self._sample_shape_:
-            raise ValueError(f"X has samples of shape {shape} but the explainer was fitted on samples of "
-                             f"shape {self._sample_shape_}; pass data with the training data's layout.")
+            raise ValueError(
+                f"X has samples of shape {shape} but the explainer was fitted on samples of "
+                f"shape {self._sample_shape_}; pass data with the training data's layout."
+            )
         phi, logits, labels = self.adapter_.forward(X, return_labels=True)
         if not fitted:
             self._sample_shape_ = shape
@@ -91,6 +100,11 @@ class BaseExplainer(BaseEstimator):
     def _features(self, phi: torch.Tensor) -> torch.Tensor:
         """Head features f as the method sees them (e.g. with a constant column for the bias)."""
         return phi.to(self.dtype_)
+
+    def _labels(self, c: torch.Tensor) -> np.ndarray:
+        """Class labels (as the model names them) for class indices; output indices for regression."""
+        classes = self.adapter_.classes_
+        return c.numpy() if classes is None else np.asarray(classes)[c.numpy()]
 
     def _targets(self, logits: torch.Tensor, target: Any, n: int) -> torch.Tensor:
         loss = self.adapter_.loss
@@ -101,14 +115,14 @@ class BaseExplainer(BaseEstimator):
                 return loss.predict(logits)
             if logits.shape[1] == 1:
                 return torch.zeros(n, dtype=torch.long)
-            raise ValueError(f"The model has {logits.shape[1]} outputs: pass target= (an output index) to "
-                             "choose the one to explain.")
+            raise ValueError(
+                f"The model has {logits.shape[1]} outputs: pass target= (an output index) to choose the one to explain."
+            )
+        t = np.full(n, target) if np.ndim(target) == 0 else np.array(target)
         if loss.is_classification:
-            t = np.broadcast_to(np.asarray(target), (n,)) if np.ndim(target) == 0 else np.asarray(target)
             if t.shape != (n,):
                 raise ValueError(f"target must be one label or one per test point ({n}); got shape {t.shape}.")
             return encode_labels(t, self.adapter_.classes_, name="target")
-        t = np.broadcast_to(np.asarray(target), (n,)) if np.ndim(target) == 0 else np.asarray(target)
         if t.shape != (n,) or t.dtype.kind not in "iu" or t.min() < 0 or t.max() >= logits.shape[1]:
             raise ValueError(f"target must be output indices in [0, {logits.shape[1]}), one or one per test point.")
         return torch.as_tensor(t, dtype=torch.long)
@@ -129,6 +143,16 @@ class BaseExplainer(BaseEstimator):
         -------
         self
         """
+        previous = self.__dict__.copy()
+        try:
+            return self._fit(X, y)
+        except BaseException:
+            # a failed or interrupted fit leaves the explainer as it was, never half-refit
+            self.__dict__.clear()
+            self.__dict__.update(previous)
+            raise
+
+    def _fit(self, X: Any, y: Any) -> BaseExplainer:
         self._check_params()
         self.device_ = resolve_device(self.device)
         adapter = self._make_adapter()
@@ -137,13 +161,22 @@ class BaseExplainer(BaseEstimator):
         if y is None:
             y = labels
         if y is None:
-            raise ValueError(f"{type(self).__name__}.fit needs y, the training labels (or a DataLoader "
-                             "whose batches are (x, y)).")
+            raise ValueError(
+                f"{type(self).__name__}.fit needs y, the training labels (or a DataLoader whose batches are (x, y))."
+            )
         y_arr = np.asarray(y)
         if y_arr.ndim == 0 or len(y_arr) != len(phi):
-            raise ValueError(f"y has {y_arr.size if y_arr.ndim == 0 else len(y_arr)} entries but X has "
-                             f"{len(phi)} samples; pass one label per training sample.")
+            raise ValueError(
+                f"y has {y_arr.size if y_arr.ndim == 0 else len(y_arr)} entries but X has "
+                f"{len(phi)} samples; pass one label per training sample."
+            )
         self.y_ = encode_labels(y_arr, adapter.classes_)
+        k = logits.shape[1]
+        if adapter.classes_ is None and not (self.y_.ndim == 1 and k == 1 or self.y_.shape[1:] == (k,)):
+            raise ValueError(
+                f"y has shape {tuple(y_arr.shape)} but the model has {k} outputs; pass y of shape "
+                f"(n_samples,{' ' + str(k) if k > 1 else ''})."
+            )
         if adapter.classes_ is not None:
             self.classes_ = adapter.classes_
         self.dtype_ = torch.float64 if phi.dtype == torch.float64 else torch.float32
@@ -179,6 +212,13 @@ class BaseExplainer(BaseEstimator):
         if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1):
             raise ValueError(f"top_k must be a positive integer or None; got {top_k!r}.")
         phi, logits, labels = self._forward(X, fitted=True)
+        if y is not None:
+            y_arr = np.asarray(y)
+            if y_arr.ndim == 0 or len(y_arr) != len(phi):
+                raise ValueError(
+                    f"y must hold one label per test point ({len(phi)}); got {y!r:.60}. (top_k and target "
+                    "are keyword arguments: explain(X, top_k=10).)"
+                )
         if target is None and self._explains_loss:
             target = y if y is not None else labels
         c = self._targets(logits, target, len(phi))
@@ -193,9 +233,16 @@ class BaseExplainer(BaseEstimator):
             top = {name: getattr(tk, name).numpy() for name in ("pro_index", "pro_value", "opp_index", "opp_value")}
         recon = self._reconstruct(test, offset, prior)
         sel = self.adapter_.loss.selector(c, logits.shape[1], logits.dtype)
-        return Explanation(values=dense, top=top, n_train=self.n_train_, target=c.numpy(),
-                           reconstruction=recon.numpy(), prior=None if prior is None else prior.numpy(),
-                           output=(logits * sel).sum(1).double().numpy(), method=self._method)
+        return Explanation(
+            values=dense,
+            top=top,
+            n_train=self.n_train_,
+            target=self._labels(c),
+            reconstruction=recon.numpy(),
+            prior=None if prior is None else prior.numpy(),
+            output=(logits * sel).sum(1).double().numpy(),
+            method=self._method,
+        )
 
     def _reconstruct(self, test: Embedding, offset: torch.Tensor | None, prior: torch.Tensor | None) -> torch.Tensor:
         """sum_i value(t, i) + prior, in float64, from the summed training embedding."""
@@ -232,7 +279,8 @@ class BaseExplainer(BaseEstimator):
         k = logits.shape[1]
         cols = []
         for j in range(k):
-            c = torch.full((len(f),), 1 if k == 1 else j, dtype=torch.long)
+            # a binary head's single column is the margin, the logit of class 1
+            c = torch.full((len(f),), 1 if self.adapter_.loss.name == "logistic" else j, dtype=torch.long)
             test, offset, prior = self._test_side(f, c, X)
             cols.append(self._reconstruct(test, offset, prior))
         return torch.stack(cols, 1).numpy(), logits.double().numpy()
@@ -259,11 +307,15 @@ class BaseExplainer(BaseEstimator):
         """The training side, from head features f (or the raw inputs X) and encoded labels y."""
         raise NotImplementedError
 
-    def _test_side(self, f: torch.Tensor, c: torch.Tensor,
-                   X: Any = None) -> tuple[Embedding, torch.Tensor | None, torch.Tensor | None]:
-        """Test embeddings for explained classes ``c``, a per-test-point offset shared by every
-        training point (or None) and the prior no training point owns (or None). X is None
-        when the points are the training points themselves (self-influence)."""
+    def _test_side(
+        self, f: torch.Tensor, c: torch.Tensor, X: Any = None
+    ) -> tuple[Embedding, torch.Tensor | None, torch.Tensor | None]:
+        """Test embeddings for explained classes ``c``, with an offset and a prior.
+
+        The offset (n_test,) is shared by every training point, the prior is the share no
+        training point owns; each may be None. X is None when the points are the training
+        points themselves (self-influence).
+        """
         raise NotImplementedError
 
 

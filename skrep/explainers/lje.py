@@ -27,12 +27,12 @@ have weight in dropped directions, a warning says how much and suggests damping.
 
 from __future__ import annotations
 
-import numbers
 import warnings
 from typing import Any
 
 import torch
 
+from .._validation import check_choice, check_number
 from ..kernels import DEFAULT_BLOCK_BYTES, DEFAULT_MAX_DENSE_BYTES, Dense, Factored
 from ..kernels.head import HeadObjective
 from ..kernels.solvers import batched_conjugate_gradient
@@ -101,11 +101,24 @@ class RepresenterLJE(BaseExplainer):
 
     _method = "lje"
 
-    def __init__(self, model: Any, eta: float = 1e-2, l2: Any = "auto", penalize_bias: bool = False,
-                 damping: float = 0.0, solver: str = "auto", explicit_max: int = 8192, cg_tol: float = 1e-6,
-                 target: Any = None, device: str = "auto", batch_size: int = 256,
-                 block_bytes: int = DEFAULT_BLOCK_BYTES, max_dense_bytes: int = DEFAULT_MAX_DENSE_BYTES,
-                 random_state: Any = None, verbose: int = 0):
+    def __init__(
+        self,
+        model: Any,
+        eta: float = 1e-2,
+        l2: Any = "auto",
+        penalize_bias: bool = False,
+        damping: float = 0.0,
+        solver: str = "auto",
+        explicit_max: int = 8192,
+        cg_tol: float = 1e-6,
+        target: Any = None,
+        device: str = "auto",
+        batch_size: int = 256,
+        block_bytes: int = DEFAULT_BLOCK_BYTES,
+        max_dense_bytes: int = DEFAULT_MAX_DENSE_BYTES,
+        random_state: Any = None,
+        verbose: int = 0,
+    ):
         self.model = model
         self.eta = eta
         self.l2 = l2
@@ -124,15 +137,14 @@ class RepresenterLJE(BaseExplainer):
 
     def _check_params(self) -> None:
         super()._check_params()
-        for name in ("eta", "damping"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not v >= 0:
-                raise ValueError(f"{name} must be a non-negative number; got {v!r}.")
-        if not (self.l2 == "auto" or (isinstance(self.l2, numbers.Real) and not isinstance(self.l2, bool)
-                                      and self.l2 >= 0)):
-            raise ValueError(f"l2 must be 'auto' or a non-negative number; got {self.l2!r}.")
-        if self.solver not in ("auto", "explicit", "cg"):
-            raise ValueError(f"solver must be 'auto', 'explicit' or 'cg'; got {self.solver!r}.")
+        check_number(self.eta, "eta", min_val=0, include_boundaries="left")
+        check_number(self.damping, "damping", min_val=0, include_boundaries="left")
+        if self.l2 != "auto":
+            check_number(self.l2, "l2", min_val=0, include_boundaries="left")
+        check_choice(self.solver, "solver", ("auto", "explicit", "cg"))
+        check_number(self.cg_tol, "cg_tol", max_val=1)
+        check_number(self.explicit_max, "explicit_max", integer=True)
+        check_choice(self.penalize_bias, "penalize_bias", (True, False))
 
     def _features(self, phi: torch.Tensor) -> torch.Tensor:
         phi = phi.to(self.dtype_)
@@ -156,8 +168,14 @@ class RepresenterLJE(BaseExplainer):
         if adapter.has_bias and not self.penalize_bias:
             penalty[-1] = 0.0
         f64 = f.double()
-        obj = HeadObjective(f64, loss.targets(y, k, torch.float64), loss, l2=self.l2_, penalty=penalty,
-                            fast_features=f64 if f.dtype == torch.float64 else f)
+        obj = HeadObjective(
+            f64,
+            loss.targets(y, k, torch.float64),
+            loss,
+            l2=self.l2_,
+            penalty=penalty,
+            fast_features=f64 if f.dtype == torch.float64 else f,
+        )
         _, grad, _ = obj.value_grad(theta)
         self.anchor_ = theta + self.eta * grad  # one ascent step, true labels
         _, _, z = obj.value_grad(self.anchor_)
@@ -166,25 +184,35 @@ class RepresenterLJE(BaseExplainer):
         reg = obj._reg(self.anchor_)
         if self.solver_ == "explicit":
             solve = self._explicit_inverse(obj, z, f64, residual)
-        else:
-            hess = obj.hessian(z)
-            damp = float(self.damping)
-            self._matvec = (lambda V: hess(V) + damp * V) if damp else hess
-            self._precond = obj.preconditioner(z)
-            self.dropped_ = 0
-            solve = self._cg_solve
-        self.prior_direction_ = -solve(reg[None])[0]
-        if self.solver_ == "explicit":
+            self.prior_direction_ = -solve(reg[None])[0]
             # W_i^T = (theta* - H^-1 g_i)^T / n, stored as (n, k, d) rows for the kernels; the
             # n solves run in the features' dtype (H^-1 itself was formed in float64)
             W = torch.empty(n, k, d, dtype=self.dtype_)
             anchor = self.anchor_.to(self.dtype_)
             for s in range(0, n, 4096):
-                G = f[s:s + 4096, :, None] * residual[s:s + 4096, None, :].to(self.dtype_)
-                W[s:s + 4096] = ((anchor[None] - solve(G)) / n).transpose(1, 2)
+                G = f[s : s + 4096, :, None] * residual[s : s + 4096, None, :].to(self.dtype_)
+                W[s : s + 4096] = ((anchor[None] - solve(G)) / n).transpose(1, 2)
             return Dense(W)
-        self._solve = solve
+        # CG keeps what the Hessian needs (features, logits at the anchor) and solves per test point
+        self.dropped_ = 0
+        self._penalty, self._anchor_logits = penalty, z
+        self._cg_op: tuple | None = None
+        self.prior_direction_ = -self._cg_solve(reg[None], f)[0]
         return Factored(residual.to(self.dtype_) / -n, f)
+
+    def _cg_operator(self, f: torch.Tensor):
+        """(matvec, preconditioner, feature basis) of the damped Hessian, built once per process."""
+        if getattr(self, "_cg_op", None) is None:
+            obj = HeadObjective(f, f[:, :0], self.adapter_.loss, l2=self.l2_, penalty=self._penalty)
+            hess, damp = obj.hessian(self._anchor_logits), float(self.damping)
+            matvec = (lambda V: hess(V) + damp * V) if damp else hess
+            self._cg_op = (matvec, obj.preconditioner(self._anchor_logits), obj.feature_range())
+        return self._cg_op
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_cg_op", None)  # closures; rebuilt on first use after loading
+        return state
 
     def _explicit_inverse(self, obj: HeadObjective, z: torch.Tensor, f64: torch.Tensor, residual: torch.Tensor):
         H = obj.explicit_hessian(z)
@@ -200,17 +228,25 @@ class RepresenterLJE(BaseExplainer):
             Qn = Q[:, ~keep]
             leak, total = 0.0, 0.0
             for s in range(0, len(f64), 4096):
-                G = (f64[s:s + 4096, :, None] * residual[s:s + 4096, None, :]).reshape(-1, Q.shape[0])
+                G = (f64[s : s + 4096, :, None] * residual[s : s + 4096, None, :]).reshape(-1, Q.shape[0])
                 leak += float(((G @ Qn) ** 2).sum())
-                total += float((G ** 2).sum())
+                total += float((G**2).sum())
             if total > 0 and leak > 1e-12 * total:
-                warnings.warn(f"The head Hessian is singular in {self.dropped_} directions that carry "
-                              f"{(leak / total) ** 0.5:.2e} of the training gradients' norm; those parts "
-                              "were dropped (pseudo-inverse). Pass damping > 0 (e.g. 1e-4) for a "
-                              "regularized inverse instead.", RuntimeWarning, stacklevel=4)
+                warnings.warn(
+                    f"The head Hessian is singular in {self.dropped_} directions that carry "
+                    f"{(leak / total) ** 0.5:.2e} of the training gradients' norm; those parts "
+                    "were dropped (pseudo-inverse). Pass damping > 0 (e.g. 1e-4) for a "
+                    "regularized inverse instead.",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
         elif float(evals.min()) < 1e-8 * top:
-            warnings.warn(f"The head Hessian is ill-conditioned (condition number {top / float(evals.min()):.1e}); "
-                          "values may be noisy. Pass damping > 0 to regularize.", RuntimeWarning, stacklevel=4)
+            warnings.warn(
+                f"The head Hessian is ill-conditioned (condition number {top / float(evals.min()):.1e}); "
+                "values may be noisy. Pass damping > 0 to regularize.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
         Hinv = (Qk * inv) @ Qk.T
         dk = len(H)
         Hinv_fast = Hinv.to(self.dtype_)
@@ -219,14 +255,16 @@ class RepresenterLJE(BaseExplainer):
             inv_b = Hinv if B.dtype == torch.float64 else Hinv_fast
             out = torch.empty_like(B)
             for s in range(0, len(B), 4096):
-                out[s:s + 4096] = (B[s:s + 4096].reshape(-1, dk) @ inv_b).reshape(-1, *B.shape[1:])
+                out[s : s + 4096] = (B[s : s + 4096].reshape(-1, dk) @ inv_b).reshape(-1, *B.shape[1:])
             return out
 
         return solve
 
-    def _cg_solve(self, B: torch.Tensor) -> torch.Tensor:
-        X, _ = batched_conjugate_gradient(self._matvec, B.double(), precond=self._precond, rtol=self.cg_tol,
-                                          max_iter=10 * B[0].numel())
+    def _cg_solve(self, B: torch.Tensor, f: torch.Tensor | None = None) -> torch.Tensor:
+        matvec, precond, _ = self._cg_operator(self.train_features_ if f is None else f)
+        X, _ = batched_conjugate_gradient(
+            matvec, B.double(), precond=precond, rtol=self.cg_tol, max_iter=10 * B[0].numel()
+        )
         return X
 
     def _test_side(self, f: torch.Tensor, c: torch.Tensor, X: Any = None):
@@ -235,11 +273,16 @@ class RepresenterLJE(BaseExplainer):
         prior = (f.double() @ self.prior_direction_ * sel).sum(1)
         if self.solver_ == "explicit":
             return Factored(sel.to(self.dtype_), f), None, prior
-        # CG: the test side carries H^-1 (f_t (x) sel_t); the training side is -residual_i (x) f_i / n
-        M = f.double()[:, :, None] * sel[:, None, :]  # (m, d, k)
+        # CG: the test side carries H^-1 (f_t (x) sel_t); the training side is -residual_i (x) f_i / n.
+        # Every training gradient lies in span(training features) (x) R^k, and for softmax is
+        # orthogonal to v (x) 1; the parts of f_t (x) sel_t outside that (a unit dead on every
+        # training point but active here, the softmax shift) meet no gradient and are dropped,
+        # so each system is consistent.
+        basis = self._cg_operator(self.train_features_)[2]
+        ft = f.double() @ basis @ basis.T
+        M = ft[:, :, None] * sel[:, None, :]  # (m, d, k)
         if self.adapter_.loss.name == "softmax":
-            # drop the softmax shift direction v (x) 1: orthogonal to every training gradient
             M = M - M.mean(2, keepdim=True)
-        U = self._solve(M)
+        U = self._cg_solve(M)
         offset = (f.double() @ self.anchor_ * sel).sum(1) / self.n_train_
         return Dense(U.transpose(1, 2).to(self.dtype_)), offset, prior

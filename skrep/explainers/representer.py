@@ -13,11 +13,11 @@ exact. The refit is solved to a stationary point by Newton-CG (see ``skrep.kerne
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 import torch
 
+from .._validation import check_choice, check_number
 from ..kernels import DEFAULT_BLOCK_BYTES, DEFAULT_MAX_DENSE_BYTES, Factored
 from ..kernels.head import HeadObjective, newton_solve
 from .base import BaseExplainer
@@ -82,11 +82,21 @@ class RepresenterPoints(BaseExplainer):
 
     _method = "representer"
 
-    def __init__(self, model: Any, lam: float = 3e-3, refit_on: str = "model", target: Any = None,
-                 max_iter: int = 100,
-                 tol: float = 1e-10, device: str = "auto", batch_size: int = 256,
-                 block_bytes: int = DEFAULT_BLOCK_BYTES, max_dense_bytes: int = DEFAULT_MAX_DENSE_BYTES,
-                 random_state: Any = None, verbose: int = 0):
+    def __init__(
+        self,
+        model: Any,
+        lam: float = 3e-3,
+        refit_on: str = "model",
+        target: Any = None,
+        max_iter: int = 100,
+        tol: float = 1e-10,
+        device: str = "auto",
+        batch_size: int = 256,
+        block_bytes: int = DEFAULT_BLOCK_BYTES,
+        max_dense_bytes: int = DEFAULT_MAX_DENSE_BYTES,
+        random_state: Any = None,
+        verbose: int = 0,
+    ):
         self.model = model
         self.lam = lam
         self.refit_on = refit_on
@@ -102,14 +112,10 @@ class RepresenterPoints(BaseExplainer):
 
     def _check_params(self) -> None:
         super()._check_params()
-        if isinstance(self.lam, bool) or not isinstance(self.lam, numbers.Real) or not self.lam > 0:
-            raise ValueError(f"lam must be a positive number; got {self.lam!r}.")
-        if isinstance(self.max_iter, bool) or not isinstance(self.max_iter, numbers.Integral) or self.max_iter < 1:
-            raise ValueError(f"max_iter must be a positive integer; got {self.max_iter!r}.")
-        if self.refit_on not in ("model", "labels"):
-            raise ValueError(f"refit_on must be 'model' or 'labels'; got {self.refit_on!r}.")
-        if not isinstance(self.tol, numbers.Real) or not self.tol > 0:
-            raise ValueError(f"tol must be a positive number; got {self.tol!r}.")
+        check_number(self.lam, "lam")
+        check_number(self.max_iter, "max_iter", integer=True)
+        check_number(self.tol, "tol")
+        check_choice(self.refit_on, "refit_on", ("model", "labels"))
 
     def _features(self, phi: torch.Tensor) -> torch.Tensor:
         phi = phi.to(self.dtype_)
@@ -123,8 +129,12 @@ class RepresenterPoints(BaseExplainer):
         # (1/n) sum L + lam ||theta||^2 is HeadObjective with l2 = 2 lam on every entry
         obj = HeadObjective(f64, targets, loss, l2=2.0 * self.lam, fast_features=f)
         theta, self.grad_norm_, self.n_iter_ = newton_solve(
-            obj, torch.zeros(f.shape[1], k, dtype=torch.float64), tol=self.tol, max_iter=self.max_iter,
-            what="representer head refit")
+            obj,
+            torch.zeros(f.shape[1], k, dtype=torch.float64),
+            tol=self.tol,
+            max_iter=self.max_iter,
+            what="representer head refit",
+        )
         alpha = loss.grad(f64 @ theta, targets) / (-2.0 * self.lam * n)
         self.head_ = theta
         self.alpha_ = alpha.to(self.dtype_)

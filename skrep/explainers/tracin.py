@@ -35,6 +35,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
+from .._validation import check_choice, check_number
 from ..adapters import TorchAdapter
 from ..explanation import Explanation
 from ..kernels import DEFAULT_BLOCK_BYTES, DEFAULT_MAX_DENSE_BYTES, Dense, Factored, Sum, flatten, pair_rows
@@ -82,11 +83,23 @@ class TracIn(BaseExplainer):
     _method = "tracin"
     _explains_loss = True
 
-    def __init__(self, model: Any, checkpoints: Any = None, learning_rates: Any = 1.0, params: Any = "head",
-                 projection_dim: int | None = None, projection: str = "gaussian", index: str | None = None,
-                 target: Any = None, device: str = "auto", batch_size: int = 256,
-                 block_bytes: int = DEFAULT_BLOCK_BYTES, max_dense_bytes: int = DEFAULT_MAX_DENSE_BYTES,
-                 random_state: Any = None, verbose: int = 0):
+    def __init__(
+        self,
+        model: Any,
+        checkpoints: Any = None,
+        learning_rates: Any = 1.0,
+        params: Any = "head",
+        projection_dim: int | None = None,
+        projection: str = "gaussian",
+        index: str | None = None,
+        target: Any = None,
+        device: str = "auto",
+        batch_size: int = 256,
+        block_bytes: int = DEFAULT_BLOCK_BYTES,
+        max_dense_bytes: int = DEFAULT_MAX_DENSE_BYTES,
+        random_state: Any = None,
+        verbose: int = 0,
+    ):
         self.model = model
         self.checkpoints = checkpoints
         self.learning_rates = learning_rates
@@ -107,27 +120,31 @@ class TracIn(BaseExplainer):
         super()._check_params()
         if not isinstance(self.model, nn.Module):
             raise TypeError(f"TracIn needs a torch nn.Module; got {type(self.model).__name__}.")
-        if self.checkpoints is None or isinstance(self.checkpoints, (str, os.PathLike, dict)) \
-                or len(self.checkpoints) == 0:
+        if (
+            self.checkpoints is None
+            or isinstance(self.checkpoints, (str, os.PathLike, dict))
+            or len(self.checkpoints) == 0
+        ):
             raise ValueError("checkpoints must be a non-empty list of state dicts or file paths.")
         rates = self.learning_rates
         rates = [rates] * len(self.checkpoints) if isinstance(rates, numbers.Real) else list(rates)
-        if len(rates) != len(self.checkpoints) or not all(
-                isinstance(r, numbers.Real) and not isinstance(r, bool) and r > 0 for r in rates):
-            raise ValueError(f"learning_rates must be a positive number or one per checkpoint "
-                             f"({len(self.checkpoints)}); got {self.learning_rates!r}.")
+        if len(rates) != len(self.checkpoints):
+            raise ValueError(
+                f"learning_rates must be one number or one per checkpoint ({len(self.checkpoints)}); "
+                f"got {self.learning_rates!r}."
+            )
+        for r in rates:
+            check_number(r, "learning_rates")
         self._rates = [float(r) for r in rates]
-        if self.projection_dim is not None and (isinstance(self.projection_dim, bool) or not isinstance(
-                self.projection_dim, numbers.Integral) or self.projection_dim < 1):
-            raise ValueError(f"projection_dim must be a positive integer or None; got {self.projection_dim!r}.")
-        if self.projection not in ("gaussian", "fc-fast"):
-            raise ValueError(f"projection must be 'gaussian' or 'fc-fast'; got {self.projection!r}.")
-        if self.index not in (None, "faiss", "hnsw"):
-            raise ValueError(f"index must be None, 'faiss' or 'hnsw'; got {self.index!r}.")
-        if not (self.params in ("head", "all") or (isinstance(self.params, (list, tuple)) and self.params
-                                                   and all(isinstance(p, str) for p in self.params))):
-            raise ValueError(f"params must be 'head', 'all' or a list of module/parameter names; "
-                             f"got {self.params!r}.")
+        if self.projection_dim is not None:
+            check_number(self.projection_dim, "projection_dim", integer=True)
+        check_choice(self.projection, "projection", ("gaussian", "fc-fast"))
+        check_choice(self.index, "index", (None, "faiss", "hnsw"))
+        if not (
+            self.params in ("head", "all")
+            or (isinstance(self.params, (list, tuple)) and self.params and all(isinstance(p, str) for p in self.params))
+        ):
+            raise ValueError(f"params must be 'head', 'all' or a list of module/parameter names; got {self.params!r}.")
 
     # ---- fit / explain ---------------------------------------------------------------------------
     def _fit_train(self, f, logits, y, X):
@@ -137,8 +154,11 @@ class TracIn(BaseExplainer):
         emb = self._embed(X, y)
         self.index_ = None
         if self.index is not None:
-            self.index_ = InnerProductIndex(flatten(emb).float().numpy(), self.index,
-                                            random_state=check_random_state(self.random_state).randint(2**31))
+            self.index_ = InnerProductIndex(
+                flatten(emb).float().numpy(),
+                self.index,
+                random_state=check_random_state(self.random_state).randint(2**31),
+            )
         return emb
 
     def _test_side(self, f, c, X=None):
@@ -154,6 +174,7 @@ class TracIn(BaseExplainer):
         return pair_rows(self.train_embedding_, self.train_embedding_).double().numpy()
 
     def explain(self, X: Any, y: Any = None, *, top_k: int | None = None, target: Any = None) -> Explanation:
+        """As :meth:`BaseExplainer.explain`; with an ``index``, top-k comes from the index."""
         if self.index is None or top_k is None:
             return super().explain(X, y, top_k=top_k, target=target)
         check_is_fitted(self, "train_embedding_")
@@ -165,9 +186,14 @@ class TracIn(BaseExplainer):
         pi, pv = self.index_.search(q, top_k)
         oi, ov = self.index_.search(-q, top_k)
         top = {"pro_index": pi, "pro_value": pv, "opp_index": oi, "opp_value": -ov}
-        return Explanation(top=top, n_train=self.n_train_, target=c.numpy(), method=self._method)
+        return Explanation(top=top, n_train=self.n_train_, target=self._labels(c), method=self._method)
 
     # ---- gradients -------------------------------------------------------------------------------
+    @property
+    def _torch_adapter(self) -> TorchAdapter:
+        assert isinstance(self.adapter_, TorchAdapter)  # _check_params admits only nn.Module models
+        return self.adapter_
+
     def _plan_groups(self) -> None:
         """Split the traced parameters into Linear layers (rank-1 gradients) and the rest."""
         module = self.model
@@ -187,8 +213,10 @@ class TracIn(BaseExplainer):
                 elif name in modules:
                     chosen |= {f"{name}.{p}" if name else p for p, _ in modules[name].named_parameters()}
                 else:
-                    raise ValueError(f"params names {name!r}, which is neither a module nor a parameter of "
-                                     f"the model; modules: {[m for m in modules if m][:20]}.")
+                    raise ValueError(
+                        f"params names {name!r}, which is neither a module nor a parameter of "
+                        f"the model; modules: {[m for m in modules if m][:20]}."
+                    )
         self._linear = []
         for name, m in module.named_modules():
             if isinstance(m, nn.Linear):
@@ -207,23 +235,26 @@ class TracIn(BaseExplainer):
             return {}
         rng = torch.Generator().manual_seed(int(check_random_state(self.random_state).randint(2**31)))
         shapes = self._gradient_shapes()
-        out = {}
+        out: dict[str, Any] = {}
         for key, (k, d) in shapes.items():
             if self.projection == "fc-fast" and key != "other":
                 s = max(1, math.isqrt(D - 1) + 1)  # ceil(sqrt(D))
-                out[key] = (torch.randn(k, s, generator=rng) / math.sqrt(s),
-                            torch.randn(d, s, generator=rng) / math.sqrt(s))
+                out[key] = (
+                    torch.randn(k, s, generator=rng) / math.sqrt(s),
+                    torch.randn(d, s, generator=rng) / math.sqrt(s),
+                )
             else:
                 out[key] = torch.randn(k * d, D, generator=rng) / math.sqrt(D)
         return out
 
     def _gradient_shapes(self) -> dict:
         if self._head_only:
-            head = self.adapter_.head
+            head = self._torch_adapter.head
             return {"head": (head.out_features, head.in_features + (head.bias is not None))}
         modules = dict(self.model.named_modules())
-        shapes = {name: (modules[name].out_features, modules[name].in_features + has_bias)
-                  for name, has_bias in self._linear}
+        shapes = {
+            name: (modules[name].out_features, modules[name].in_features + has_bias) for name, has_bias in self._linear
+        }
         if self._other:
             named = dict(self.model.named_parameters())
             shapes["other"] = (1, sum(named[p].numel() for p in self._other))
@@ -233,12 +264,18 @@ class TracIn(BaseExplainer):
         """Per-checkpoint gradient embeddings of the points X at ``labels``, scaled by sqrt(eta)."""
         work = copy.deepcopy(self.model)  # the user's model keeps its own weights
         terms = []
-        for state, eta in zip(self.checkpoints_, self._rates):
+        for state, eta in zip(self.checkpoints_, self._rates, strict=True):
             work.load_state_dict(state)
-            adapter = TorchAdapter(work, last_layer=self.adapter_.head_name, loss=self.adapter_.loss,
-                                   batch_size=self.batch_size, verbose=self.verbose)
-            groups = self._head_groups(adapter, X, labels) if self._head_only else \
-                self._network_groups(adapter, X, labels)
+            adapter = TorchAdapter(
+                work,
+                last_layer=self._torch_adapter.head_name,
+                loss=self.adapter_.loss,
+                batch_size=self.batch_size,
+                verbose=self.verbose,
+            )
+            groups = (
+                self._head_groups(adapter, X, labels) if self._head_only else self._network_groups(adapter, X, labels)
+            )
             for key, emb in groups.items():
                 terms.append(_scale(self._project(key, emb), math.sqrt(eta)))
         return Sum(tuple(terms))
@@ -264,7 +301,7 @@ class TracIn(BaseExplainer):
         try:
             for x, _ in adapter.batches(X):
                 b = len(x) if not isinstance(x, dict) else len(next(iter(x.values())))
-                t = labels[start:start + b]
+                t = labels[start : start + b]
                 start += b
                 if names:
                     d, i = _linear_factors(module, modules, names, x, t, loss)
@@ -275,7 +312,7 @@ class TracIn(BaseExplainer):
                     other.append(_per_sample_grads(module, self._other, x, t, loss))
         finally:
             module.train(was_training)
-        out = {}
+        out: dict[str, Factored | Dense] = {}
         for n, has_bias in self._linear:
             xs = torch.cat(inputs[n])
             if has_bias:
@@ -311,9 +348,12 @@ def _linear_factors(module: nn.Module, modules: dict, names: list, x, t, loss):
     def hook(name):
         def fn(m, inp, out):
             if name in seen_out:
-                raise ValueError(f"Layer {name!r} runs more than once per forward pass, so its per-sample "
-                                 "gradient is not rank-1; trace it by parameter name instead.")
+                raise ValueError(
+                    f"Layer {name!r} runs more than once per forward pass, so its per-sample "
+                    "gradient is not rank-1; trace it by parameter name instead."
+                )
             seen_in[name], seen_out[name] = inp[0].detach(), out
+
         return fn
 
     handles = [modules[n].register_forward_hook(hook(n)) for n in names]
@@ -322,14 +362,19 @@ def _linear_factors(module: nn.Module, modules: dict, names: list, x, t, loss):
             out = module(**x) if isinstance(x, dict) else module(x)
             for n in names:
                 if seen_in[n].ndim != 2:
-                    raise ValueError(f"Layer {names!r} gets input of shape {tuple(seen_in[n].shape)}: not one "
-                                     "vector per sample. Trace it by parameter name instead.")
+                    raise ValueError(
+                        f"Layer {names!r} gets input of shape {tuple(seen_in[n].shape)}: not one "
+                        "vector per sample. Trace it by parameter name instead."
+                    )
             value = loss.value(out, loss.targets(t, out.shape[1], out.dtype)).sum()
             grads = torch.autograd.grad(value, [seen_out[n] for n in names], allow_unused=True)
     finally:
         for h in handles:
             h.remove()
-    deltas = {n: (g if g is not None else torch.zeros_like(seen_out[n])).detach().cpu() for n, g in zip(names, grads)}
+    deltas = {
+        n: (g if g is not None else torch.zeros_like(seen_out[n])).detach().cpu()
+        for n, g in zip(names, grads, strict=True)
+    }
     return deltas, {n: seen_in[n].cpu() for n in names}
 
 
@@ -342,8 +387,11 @@ def _per_sample_grads(module: nn.Module, names: list, x, t, loss) -> torch.Tenso
 
     def sample_loss(p, xi, ti):
         xb = {k: v[None] for k, v in xi.items()} if isinstance(xi, dict) else xi[None]
-        out = functional_call(module, (p, buffers), (), xb) if isinstance(xb, dict) else \
-            functional_call(module, (p, buffers), (xb,))
+        out = (
+            functional_call(module, (p, buffers), (), xb)
+            if isinstance(xb, dict)
+            else functional_call(module, (p, buffers), (xb,))
+        )
         return loss.value(out, loss.targets(ti[None], out.shape[1], out.dtype)).sum()
 
     try:
@@ -387,7 +435,9 @@ def load_checkpoints(model: nn.Module, checkpoints: list) -> list[dict]:
             raise ValueError(f"{name} does not match the model: missing {missing[:5]}, unexpected {extra[:5]}.")
         for k, shape in expected.items():
             if tuple(ckpt[k].shape) != tuple(shape):
-                raise ValueError(f"{name} does not match the model: parameter {k!r} has shape "
-                                 f"{tuple(ckpt[k].shape)}, the model's has {tuple(shape)}.")
+                raise ValueError(
+                    f"{name} does not match the model: parameter {k!r} has shape "
+                    f"{tuple(ckpt[k].shape)}, the model's has {tuple(shape)}."
+                )
         states.append({k: v.detach().cpu().clone() for k, v in ckpt.items()})
     return states

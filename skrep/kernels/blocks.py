@@ -10,8 +10,15 @@ import torch
 from .._progress import progress
 from .embeddings import Embedding, Factored, Sum, dtype_of, pair_block
 
-__all__ = ["BlockPlan", "plan_blocks", "iter_blocks", "dense_scores", "resolve_device",
-           "DEFAULT_BLOCK_BYTES", "DEFAULT_MAX_DENSE_BYTES"]
+__all__ = [
+    "BlockPlan",
+    "plan_blocks",
+    "iter_blocks",
+    "dense_scores",
+    "resolve_device",
+    "DEFAULT_BLOCK_BYTES",
+    "DEFAULT_MAX_DENSE_BYTES",
+]
 
 DEFAULT_BLOCK_BYTES = 64 * 2**20
 DEFAULT_MAX_DENSE_BYTES = 2 * 2**30
@@ -54,20 +61,26 @@ def plan_blocks(test: Embedding, train: Embedding, block_bytes: int, min_train_r
 
 def _cell_factor(test: Embedding, train: Embedding) -> int:
     """Score-sized temporaries one pair of embeddings needs."""
-    if isinstance(test, Sum):
-        return 1 + max(_cell_factor(u, v) for u, v in zip(test.terms, train.terms))
+    if isinstance(test, Sum) and isinstance(train, Sum):
+        return 1 + max(_cell_factor(u, v) for u, v in zip(test.terms, train.terms, strict=True))
     if isinstance(test, Factored) == isinstance(train, Factored):
         return 2
     return test.shape[0] + 1
 
 
-def iter_blocks(test: Embedding, train: Embedding, plan: BlockPlan, device: torch.device,
-                verbose: int = 0, desc: str = "scores") -> Iterator[tuple[int, int, torch.Tensor]]:
+def iter_blocks(
+    test: Embedding,
+    train: Embedding,
+    plan: BlockPlan,
+    device: torch.device | str,
+    verbose: int = 0,
+    desc: str = "scores",
+) -> Iterator[tuple[int, int, torch.Tensor]]:
     """Yield ``(test_start, train_start, scores)`` for every block; scores live on ``device``."""
     t_starts = range(0, len(test), plan.test_rows)
     n_starts = range(0, len(train), plan.train_rows)
     steps = ((ts, ns) for ts in t_starts for ns in n_starts)
-    current, test_block = -1, None
+    current, test_block = -1, test
     for ts, ns in progress(steps, verbose, desc, total=len(t_starts) * len(n_starts)):
         if ts != current:
             current, test_block = ts, test.rows(ts, ts + plan.test_rows).to(device)
@@ -75,9 +88,16 @@ def iter_blocks(test: Embedding, train: Embedding, plan: BlockPlan, device: torc
         yield ts, ns, pair_block(test_block, train_block)
 
 
-def dense_scores(test: Embedding, train: Embedding, *, offset: torch.Tensor | None = None,
-                 device: torch.device = torch.device("cpu"), block_bytes: int = DEFAULT_BLOCK_BYTES,
-                 max_dense_bytes: int = DEFAULT_MAX_DENSE_BYTES, verbose: int = 0) -> torch.Tensor:
+def dense_scores(
+    test: Embedding,
+    train: Embedding,
+    *,
+    offset: torch.Tensor | None = None,
+    device: torch.device | str = "cpu",
+    block_bytes: int = DEFAULT_BLOCK_BYTES,
+    max_dense_bytes: int = DEFAULT_MAX_DENSE_BYTES,
+    verbose: int = 0,
+) -> torch.Tensor:
     """The full (n_test, n_train) score matrix, refused above ``max_dense_bytes``.
 
     ``offset`` (n_test,) is added to every score of a test row (a share that every training
@@ -95,7 +115,7 @@ def dense_scores(test: Embedding, train: Embedding, *, offset: torch.Tensor | No
     out = torch.empty(len(test), len(train), dtype=dtype)
     plan = plan_blocks(test, train, block_bytes)
     for ts, ns, s in iter_blocks(test, train, plan, device, verbose, "explain"):
-        out[ts:ts + s.shape[0], ns:ns + s.shape[1]] = s.cpu()
+        out[ts : ts + s.shape[0], ns : ns + s.shape[1]] = s.cpu()
     if offset is not None:
         out += offset.to(dtype).reshape(-1, 1)
     return out

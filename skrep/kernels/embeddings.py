@@ -24,8 +24,9 @@ class Factored:
 
     def __post_init__(self) -> None:
         if self.a.ndim != 2 or self.b.ndim != 2 or len(self.a) != len(self.b):
-            raise ValueError(f"Factored needs a (n, k) and b (n, d); got {tuple(self.a.shape)} and "
-                             f"{tuple(self.b.shape)}.")
+            raise ValueError(
+                f"Factored needs a (n, k) and b (n, d); got {tuple(self.a.shape)} and {tuple(self.b.shape)}."
+            )
 
     def __len__(self) -> int:
         return len(self.a)
@@ -118,9 +119,9 @@ def _check_pair(x: Embedding, y: Embedding) -> None:
 def pair_block(test: Embedding, train: Embedding) -> torch.Tensor:
     """Scores <u_t, v_i> for every pair: (len(test), len(train))."""
     _check_pair(test, train)
-    if isinstance(test, Sum):
+    if isinstance(test, Sum) and isinstance(train, Sum):
         out = pair_block(test.terms[0], train.terms[0])
-        for u, v in zip(test.terms[1:], train.terms[1:]):
+        for u, v in zip(test.terms[1:], train.terms[1:], strict=True):
             out += pair_block(u, v)
         return out
     if isinstance(test, Factored) and isinstance(train, Factored):
@@ -129,7 +130,9 @@ def pair_block(test: Embedding, train: Embedding) -> torch.Tensor:
         return _dense_factored(test, train, dense_rows_first=True)
     if isinstance(test, Factored) and isinstance(train, Dense):
         return _dense_factored(train, test, dense_rows_first=False)
-    return test.u.flatten(1) @ train.u.flatten(1).T
+    if isinstance(test, Dense) and isinstance(train, Dense):
+        return test.u.flatten(1) @ train.u.flatten(1).T
+    raise TypeError(f"Cannot pair {type(test).__name__} with {type(train).__name__}.")
 
 
 def _dense_factored(dense: Dense, fac: Factored, dense_rows_first: bool) -> torch.Tensor:
@@ -160,15 +163,19 @@ def pair_rows(x: Embedding, y: Embedding) -> torch.Tensor:
     _check_pair(x, y)
     if len(x) != len(y):
         raise ValueError(f"pair_rows needs as many rows on both sides; got {len(x)} and {len(y)}.")
-    if isinstance(x, Sum):
-        return sum(pair_rows(u, v) for u, v in zip(x.terms, y.terms))
+    if isinstance(x, Sum) and isinstance(y, Sum):
+        return torch.stack([pair_rows(u, v) for u, v in zip(x.terms, y.terms, strict=True)]).sum(0)
     if isinstance(x, Factored) and isinstance(y, Factored):
         return (x.a * y.a).sum(1) * (x.b * y.b).sum(1)
     return (_full(x) * _full(y)).flatten(1).sum(1)
 
 
 def _full(e: Embedding) -> torch.Tensor:
-    return e.u if isinstance(e, Dense) else e.a[:, :, None] * e.b[:, None, :]
+    if isinstance(e, Dense):
+        return e.u
+    if isinstance(e, Factored):
+        return e.a[:, :, None] * e.b[:, None, :]
+    raise TypeError("A Sum has no single full form; flatten() concatenates its terms.")
 
 
 def total(e: Embedding, dtype: torch.dtype = torch.float64) -> Dense | Sum:

@@ -41,9 +41,16 @@ class HeadObjective:
         (an inexact Newton direction needs no more); None: ``features``.
     """
 
-    def __init__(self, features: torch.Tensor, targets: torch.Tensor, loss: Loss, l2: float = 0.0,
-                 penalty: torch.Tensor | None = None, mask: torch.Tensor | None = None,
-                 fast_features: torch.Tensor | None = None):
+    def __init__(
+        self,
+        features: torch.Tensor,
+        targets: torch.Tensor,
+        loss: Loss,
+        l2: float = 0.0,
+        penalty: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        fast_features: torch.Tensor | None = None,
+    ):
         self.f = features
         self.f_fast = features if fast_features is None else fast_features
         self.t = targets
@@ -66,6 +73,7 @@ class HeadObjective:
         return (G.transpose(-1, -2) @ f).transpose(-1, -2) / self.n
 
     def logits(self, theta: torch.Tensor) -> torch.Tensor:
+        """Logits f @ theta (n, k)."""
         return self.f @ theta
 
     def value_grad(self, theta: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
@@ -76,8 +84,10 @@ class HeadObjective:
         return float(value), grad, z
 
     def hessian(self, z: torch.Tensor, block_bytes: int = 2**28) -> Callable[[torch.Tensor], torch.Tensor]:
-        """The Hessian at the point with logits ``z``, as a map V -> H V for V of shape (d, k)
-        or a batch (m, d, k) (processed in chunks of about ``block_bytes``)."""
+        """The Hessian at the point with logits ``z``, as a map V -> H V.
+
+        V has shape (d, k) or is a batch (m, d, k), processed in chunks of about ``block_bytes``.
+        """
         f, dtype = self.f_fast, self.f_fast.dtype
         curv = self.loss.curvature(z.to(dtype))
         chunk = max(1, block_bytes // max(1, self.n * z.shape[1] * f.element_size()))
@@ -88,7 +98,7 @@ class HeadObjective:
             if V.ndim == 2:
                 HV = self._back(curv(f @ Vd), f)
             else:
-                HV = torch.cat([self._back(curv(f @ Vd[s:s + chunk]), f) for s in range(0, len(V), chunk)])
+                HV = torch.cat([self._back(curv(f @ Vd[s : s + chunk]), f) for s in range(0, len(V), chunk)])
             return self._masked(HV.to(V.dtype) + self._reg(V))
 
         return matvec
@@ -131,21 +141,32 @@ class HeadObjective:
         per-sample curvature of the loss in the logits; for the squared loss it is exact.
         """
         if self._gram_eig is None:
-            gram = self._back(self.f_fast, self.f_fast).T.to(z.dtype)
+            gram = self._back(self.f_fast, self.f_fast).T.double()
             self._gram_eig = torch.linalg.eigh(0.5 * (gram + gram.T))
-        ec, Qc = self._gram_eig
+        ec, Qc = (t.to(z.dtype) for t in self._gram_eig)
         k = z.shape[1]
         curv = self.loss.curvature(z)
         eye = torch.eye(k, dtype=z.dtype, device=z.device)
         A = torch.stack([curv(eye[j].expand_as(z)).mean(0) for j in range(k)], 1)
         ea, Qa = torch.linalg.eigh(0.5 * (A + A.T))
         denom = ec.clamp_min(0)[:, None] * ea.clamp_min(0)[None, :] + self.l2
-        denom = denom.clamp_min(1e-12 * float(denom.max()))
-        return lambda R: self._masked(Qc @ ((Qc.T @ R @ Qa) / denom) @ Qa.T)
+        # directions with no curvature at all (the softmax shift, features that are zero on
+        # every sample) get no step: amplifying their round-off would wreck CG
+        inv = torch.where(denom > 1e-10 * float(denom.max()), 1.0 / denom, torch.zeros_like(denom))
+        return lambda R: self._masked(Qc @ ((Qc.T @ R @ Qa) * inv) @ Qa.T)
+
+    def feature_range(self, rcond: float = 1e-10) -> torch.Tensor:
+        """Orthonormal basis (d, r) of the span of the training features (for projections)."""
+        if self._gram_eig is None:
+            gram = self._back(self.f_fast, self.f_fast).T.double()
+            self._gram_eig = torch.linalg.eigh(0.5 * (gram + gram.T))
+        ec, Qc = self._gram_eig
+        return Qc[:, ec > rcond * float(ec.abs().max())]
 
 
-def newton_solve(obj: HeadObjective, theta0: torch.Tensor, *, tol: float, max_iter: int,
-                 what: str = "head refit") -> tuple[torch.Tensor, float, int]:
+def newton_solve(
+    obj: HeadObjective, theta0: torch.Tensor, *, tol: float, max_iter: int, what: str = "head refit"
+) -> tuple[torch.Tensor, float, int]:
     """Minimize a strictly convex head objective by preconditioned Newton-CG with backtracking.
 
     Stops when the largest absolute gradient entry is <= ``tol``; warns (ConvergenceWarning,
@@ -160,8 +181,9 @@ def newton_solve(obj: HeadObjective, theta0: torch.Tensor, *, tol: float, max_it
     while gmax > tol and it < max_iter:
         it += 1
         # inexact Newton: a forcing term that tightens as the gradient shrinks (superlinear rate)
-        step, _, _ = conjugate_gradient(obj.hessian(z), -grad, precond=obj.preconditioner(z),
-                                        rtol=min(0.1, gmax ** 0.5), max_iter=200)
+        step, _, _ = conjugate_gradient(
+            obj.hessian(z), -grad, precond=obj.preconditioner(z), rtol=min(0.1, gmax**0.5), max_iter=200
+        )
         slope = float((grad * step).sum())
         t = 1.0
         while True:
@@ -175,8 +197,11 @@ def newton_solve(obj: HeadObjective, theta0: torch.Tensor, *, tol: float, max_it
         value, grad, z = new_value, new_grad, new_z
         gmax = float(grad.abs().max())
     if gmax > tol:
-        warnings.warn(f"The {what} did not reach a stationary point: the largest gradient entry is {gmax:.3g} "
-                      f"after {it} Newton steps (tol={tol:g}). The decomposition is only as exact as this; "
-                      "raise max_iter, or raise lam for a better conditioned problem.",
-                      ConvergenceWarning, stacklevel=3)
+        warnings.warn(
+            f"The {what} did not reach a stationary point: the largest gradient entry is {gmax:.3g} "
+            f"after {it} Newton steps (tol={tol:g}). The decomposition is only as exact as this; "
+            "raise max_iter, or raise lam for a better conditioned problem.",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
     return theta, gmax, it

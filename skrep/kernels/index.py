@@ -8,6 +8,8 @@ metric) and hnswlib (space 'ip').
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 __all__ = ["InnerProductIndex"]
@@ -26,12 +28,20 @@ class InnerProductIndex:
         HNSW graph degree and search breadth: larger is more exact and slower.
     """
 
-    def __init__(self, vectors: np.ndarray, backend: str = "hnsw", random_state: int = 0, M: int = 32,
-                 ef_construction: int = 200, ef_search: int = 128):
+    def __init__(
+        self,
+        vectors: np.ndarray,
+        backend: str = "hnsw",
+        random_state: int = 0,
+        M: int = 32,
+        ef_construction: int = 200,
+        ef_search: int = 128,
+    ):
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         self._args = (vectors, backend, random_state, M, ef_construction, ef_search)
         n, dim = vectors.shape
         self.backend, self.n, self.ef_search = backend, n, ef_search
+        self._index: Any  # faiss.IndexHNSWFlat or hnswlib.Index
         if backend == "faiss":
             try:
                 import faiss
@@ -46,8 +56,7 @@ class InnerProductIndex:
             except ImportError as e:
                 raise ImportError("index='hnsw' needs hnswlib: pip install hnswlib") from e
             self._index = hnswlib.Index(space="ip", dim=dim)
-            self._index.init_index(max_elements=n, ef_construction=ef_construction, M=M,
-                                   random_seed=int(random_state))
+            self._index.init_index(max_elements=n, ef_construction=ef_construction, M=M, random_seed=int(random_state))
             self._index.add_items(vectors, np.arange(n), num_threads=1)
         else:
             raise ValueError(f"index must be None, 'faiss' or 'hnsw'; got {backend!r}.")
