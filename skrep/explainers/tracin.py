@@ -37,6 +37,7 @@ from torch import nn
 
 from .._validation import check_choice, check_number
 from ..adapters import TorchAdapter
+from ..adapters.torch_grads import labelled_batches, per_sample_gradients, plan_groups
 from ..explanation import Explanation
 from ..kernels import DEFAULT_BLOCK_BYTES, DEFAULT_MAX_DENSE_BYTES, Dense, Factored, Sum, flatten, pair_rows
 from ..kernels.index import InnerProductIndex
@@ -195,38 +196,10 @@ class TracIn(BaseExplainer):
         return self.adapter_
 
     def _plan_groups(self) -> None:
-        """Split the traced parameters into Linear layers (rank-1 gradients) and the rest."""
-        module = self.model
-        if self.params == "head":
-            self._head_only = True
-            return
-        self._head_only = False
-        named = dict(module.named_parameters())
-        if self.params == "all":
-            chosen = set(named)
-        else:
-            modules = dict(module.named_modules())
-            chosen = set()
-            for name in self.params:
-                if name in named:
-                    chosen.add(name)
-                elif name in modules:
-                    chosen |= {f"{name}.{p}" if name else p for p, _ in modules[name].named_parameters()}
-                else:
-                    raise ValueError(
-                        f"params names {name!r}, which is neither a module nor a parameter of "
-                        f"the model; modules: {[m for m in modules if m][:20]}."
-                    )
-        self._linear = []
-        for name, m in module.named_modules():
-            if isinstance(m, nn.Linear):
-                own = {f"{name}.weight"} | ({f"{name}.bias"} if m.bias is not None else set())
-                if f"{name}.weight" in chosen:
-                    self._linear.append((name, f"{name}.bias" in chosen))
-                    chosen -= own & chosen
-        self._other = sorted(chosen, key=list(named).index)
-        if not self._linear and not self._other:
-            raise ValueError("params selects no trainable parameter.")
+        """Head only (closed form), or the traced parameters split into Linear and other groups."""
+        self._head_only = self.params == "head"
+        if not self._head_only:
+            self._groups = plan_groups(self.model, self.params)
 
     def _draw_projections(self) -> dict:
         """Random matrices, drawn once from random_state (shared by train and test sides)."""
@@ -251,14 +224,7 @@ class TracIn(BaseExplainer):
         if self._head_only:
             head = self._torch_adapter.head
             return {"head": (head.out_features, head.in_features + (head.bias is not None))}
-        modules = dict(self.model.named_modules())
-        shapes = {
-            name: (modules[name].out_features, modules[name].in_features + has_bias) for name, has_bias in self._linear
-        }
-        if self._other:
-            named = dict(self.model.named_parameters())
-            shapes["other"] = (1, sum(named[p].numel() for p in self._other))
-        return shapes
+        return {key: (k, d) for key, k, d in self._groups.shapes}
 
     def _embed(self, X: Any, labels: torch.Tensor) -> Sum:
         """Per-checkpoint gradient embeddings of the points X at ``labels``, scaled by sqrt(eta)."""
@@ -274,7 +240,11 @@ class TracIn(BaseExplainer):
                 verbose=self.verbose,
             )
             groups = (
-                self._head_groups(adapter, X, labels) if self._head_only else self._network_groups(adapter, X, labels)
+                self._head_groups(adapter, X, labels)
+                if self._head_only
+                else per_sample_gradients(
+                    work, self._groups, labelled_batches(adapter.batches(X), labels), adapter.loss
+                )
             )
             for key, emb in groups.items():
                 terms.append(_scale(self._project(key, emb), math.sqrt(eta)))
@@ -288,40 +258,6 @@ class TracIn(BaseExplainer):
             phi = torch.cat([phi, torch.ones(len(phi), 1, dtype=phi.dtype)], 1)
         return {"head": Factored(r, phi)}
 
-    def _network_groups(self, adapter: TorchAdapter, X: Any, labels: torch.Tensor) -> dict:
-        module, loss = adapter.module, adapter.loss
-        modules = dict(module.named_modules())
-        names = [n for n, _ in self._linear]
-        deltas: dict = {n: [] for n in names}
-        inputs: dict = {n: [] for n in names}
-        other: list = []
-        start = 0
-        was_training = module.training
-        module.eval()
-        try:
-            for x, _ in adapter.batches(X):
-                b = len(x) if not isinstance(x, dict) else len(next(iter(x.values())))
-                t = labels[start : start + b]
-                start += b
-                if names:
-                    d, i = _linear_factors(module, modules, names, x, t, loss)
-                    for n in names:
-                        deltas[n].append(d[n])
-                        inputs[n].append(i[n])
-                if self._other:
-                    other.append(_per_sample_grads(module, self._other, x, t, loss))
-        finally:
-            module.train(was_training)
-        out: dict[str, Factored | Dense] = {}
-        for n, has_bias in self._linear:
-            xs = torch.cat(inputs[n])
-            if has_bias:
-                xs = torch.cat([xs, torch.ones(len(xs), 1, dtype=xs.dtype)], 1)
-            out[n] = Factored(torch.cat(deltas[n]), xs)
-        if self._other:
-            out["other"] = Dense(torch.cat(other)[:, None, :])
-        return out
-
     def _project(self, key: str, emb):
         P = self._projections.get(key)
         if P is None:
@@ -334,77 +270,6 @@ class TracIn(BaseExplainer):
 
 def _scale(emb, c: float):
     return Factored(emb.a * c, emb.b) if isinstance(emb, Factored) else Dense(emb.u * c)
-
-
-def _linear_factors(module: nn.Module, modules: dict, names: list, x, t, loss):
-    """Per-sample (delta, input) of every named Linear layer from one batched backward pass.
-
-    Per-sample losses are independent in eval mode, so the gradient of their sum in a layer's
-    output is, row by row, each sample's own delta.
-    """
-    seen_in: dict = {}
-    seen_out: dict = {}
-
-    def hook(name):
-        def fn(m, inp, out):
-            if name in seen_out:
-                raise ValueError(
-                    f"Layer {name!r} runs more than once per forward pass, so its per-sample "
-                    "gradient is not rank-1; trace it by parameter name instead."
-                )
-            seen_in[name], seen_out[name] = inp[0].detach(), out
-
-        return fn
-
-    handles = [modules[n].register_forward_hook(hook(n)) for n in names]
-    try:
-        with torch.enable_grad():
-            out = module(**x) if isinstance(x, dict) else module(x)
-            for n in names:
-                if seen_in[n].ndim != 2:
-                    raise ValueError(
-                        f"Layer {names!r} gets input of shape {tuple(seen_in[n].shape)}: not one "
-                        "vector per sample. Trace it by parameter name instead."
-                    )
-            value = loss.value(out, loss.targets(t, out.shape[1], out.dtype)).sum()
-            grads = torch.autograd.grad(value, [seen_out[n] for n in names], allow_unused=True)
-    finally:
-        for h in handles:
-            h.remove()
-    deltas = {
-        n: (g if g is not None else torch.zeros_like(seen_out[n])).detach().cpu()
-        for n, g in zip(names, grads, strict=True)
-    }
-    return deltas, {n: seen_in[n].cpu() for n in names}
-
-
-def _per_sample_grads(module: nn.Module, names: list, x, t, loss) -> torch.Tensor:
-    """Flattened per-sample gradients (b, P) of the named parameters, by torch.func."""
-    from torch.func import functional_call, grad, vmap
-
-    params = {n: p.detach() for n, p in module.named_parameters() if n in names}
-    buffers = dict(module.named_buffers())
-
-    def sample_loss(p, xi, ti):
-        xb = {k: v[None] for k, v in xi.items()} if isinstance(xi, dict) else xi[None]
-        out = (
-            functional_call(module, (p, buffers), (), xb)
-            if isinstance(xb, dict)
-            else functional_call(module, (p, buffers), (xb,))
-        )
-        return loss.value(out, loss.targets(ti[None], out.shape[1], out.dtype)).sum()
-
-    try:
-        g = vmap(grad(sample_loss), in_dims=(None, 0, 0))(params, x, t)
-    except (RuntimeError, NotImplementedError):  # an op without a batching rule: one sample at a time
-        g = {n: [] for n in names}
-        for j in range(len(t)):
-            xj = {k: v[j] for k, v in x.items()} if isinstance(x, dict) else x[j]
-            gj = grad(sample_loss)(params, xj, t[j])
-            for n in names:
-                g[n].append(gj[n])
-        g = {n: torch.stack(v) for n, v in g.items()}
-    return torch.cat([g[n].reshape(len(t), -1) for n in names], 1).detach().cpu()
 
 
 def load_checkpoints(model: nn.Module, checkpoints: list) -> list[dict]:
