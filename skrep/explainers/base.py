@@ -118,6 +118,8 @@ class BaseExplainer(BaseEstimator):
             raise ValueError(
                 f"The model has {logits.shape[1]} outputs: pass target= (an output index) to choose the one to explain."
             )
+        if isinstance(target, torch.Tensor):
+            target = target.detach().cpu().numpy()
         t = np.full(n, target) if np.ndim(target) == 0 else np.array(target)
         if loss.is_classification:
             if t.shape != (n,):
