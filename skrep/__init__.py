@@ -6,12 +6,13 @@ on test points, ``score`` for model selection. See shared/DESIGN.md for the arch
 
 from ._version import __version__
 from .adapters import LinearAdapter, TorchAdapter, make_adapter
-from .explainers import BaseExplainer, RepresenterLJE, RepresenterPoints, TracIn
+from .explainers import BaseExplainer, InfluenceFunctions, RepresenterLJE, RepresenterPoints, TracIn
 from .explanation import Explanation
 
 __all__ = [
     "BaseExplainer",
     "Explanation",
+    "InfluenceFunctions",
     "LinearAdapter",
     "RepresenterLJE",
     "RepresenterPoints",

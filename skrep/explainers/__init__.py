@@ -1,8 +1,9 @@
 """Explainers: each a BaseExplainer with fit(X, y) / explain(X) / self_influence() / score(X)."""
 
 from .base import BaseExplainer
+from .influence import InfluenceFunctions
 from .lje import RepresenterLJE
 from .representer import RepresenterPoints
 from .tracin import TracIn
 
-__all__ = ["BaseExplainer", "RepresenterLJE", "RepresenterPoints", "TracIn"]
+__all__ = ["BaseExplainer", "InfluenceFunctions", "RepresenterLJE", "RepresenterPoints", "TracIn"]

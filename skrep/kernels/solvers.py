@@ -6,7 +6,15 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["conjugate_gradient", "batched_conjugate_gradient"]
+__all__ = [
+    "batched_conjugate_gradient",
+    "conjugate_gradient",
+    "lissa",
+    "power_iteration",
+    "psd_inverse",
+    "sketch_inverse",
+    "top_eigenpairs",
+]
 
 Matvec = Callable[[torch.Tensor], torch.Tensor]
 
@@ -120,3 +128,127 @@ def batched_conjugate_gradient(
         P = Z + torch.where(active, rz_new / torch.where(rz == 0, torch.ones_like(rz), rz), 0) * P
         rz = rz_new
     return X, it
+
+
+def psd_inverse(H: torch.Tensor, rcond: float = 1e-10) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Inverse of a symmetric PSD matrix in float64.
+
+    Cholesky when it is safely definite, else the pseudo-inverse on its range (eigenvalues
+    below ``rcond * max`` dropped).
+
+    Returns ``(H_inv, null_basis)``; ``null_basis`` (P, r) spans the dropped directions, or is
+    None when nothing was dropped, so that callers can check what they lose there.
+    """
+    H = 0.5 * (H + H.T)
+    L, info = torch.linalg.cholesky_ex(H)
+    if int(info) == 0:
+        pivots = torch.diagonal(L) ** 2
+        if float(pivots.min()) > rcond * float(pivots.max()):
+            return torch.cholesky_inverse(L), None
+    evals, Q = torch.linalg.eigh(H)
+    keep = evals > rcond * float(evals.abs().max())
+    Qk = Q[:, keep]
+    null = Q[:, ~keep] if bool((~keep).any()) else None
+    return (Qk / evals[keep]) @ Qk.T, null
+
+
+def power_iteration(matvec: Matvec, dim: int, dtype: torch.dtype, iters: int = 30, seed: int = 0) -> float:
+    """Largest eigenvalue of a symmetric PSD operator (a few matvecs; slightly over-estimated for safety)."""
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(1, dim, generator=g, dtype=dtype)
+    v /= v.norm()
+    lam = 0.0
+    for _ in range(iters):
+        w = matvec(v)
+        lam = float((w * v).sum())
+        v = w / w.norm().clamp_min(torch.finfo(dtype).tiny)
+    return lam
+
+
+def lissa(
+    matvec_batch: Callable[[torch.Tensor, int], torch.Tensor],
+    B: torch.Tensor,
+    *,
+    n_batches: int,
+    scale: float,
+    damping: float = 0.0,
+    depth: int = 1000,
+    seed: int = 0,
+) -> torch.Tensor:
+    """LiSSA (Agarwal et al. 2017): ``H^-1 b`` by a stochastic Neumann recursion.
+
+    ``h <- b + (1 - damping/scale) h - H_j h / scale`` with a minibatch Hessian H_j each step,
+    then ``h / scale``.
+
+    The recursion converges only if ``scale`` exceeds the largest eigenvalue of ``H + damping``;
+    it is checked every step and a ValueError with advice is raised as soon as it diverges,
+    instead of returning a silently wrong answer.
+    """
+    g = torch.Generator().manual_seed(seed)
+    h = B.clone()
+    start = float(B.norm())
+    for step in range(depth):
+        j = int(torch.randint(n_batches, (1,), generator=g))
+        h = B + (1 - damping / scale) * h - matvec_batch(h, j) / scale
+        size = float(h.norm())
+        if not size < 1e6 * max(start, 1e-300) * (step + 2):
+            raise ValueError(
+                f"LiSSA diverged after {step + 1} steps (|h| = {size:.3g}): lissa_scale={scale:.4g} is below "
+                "the largest eigenvalue of the (minibatch) Hessian. Raise lissa_scale (e.g. 2x), add damping, or "
+                "use solver='cg'."
+            )
+    return h / scale
+
+
+def top_eigenpairs(matvec: Matvec, dim: int, rank: int, dtype: torch.dtype, seed: int = 0):
+    """The ``rank`` largest eigenpairs of a symmetric operator.
+
+    By ARPACK's implicitly restarted Lanczos method (scipy.sparse.linalg.eigsh): the Arnoldi
+    approach of Schioppa et al. (2022).
+    """
+    import numpy as np
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    rank = min(rank, dim - 1)
+    op = LinearOperator(
+        (dim, dim),
+        matvec=lambda v: matvec(torch.as_tensor(np.asarray(v).reshape(1, -1), dtype=dtype))[0].double().numpy(),
+        dtype=np.float64,
+    )
+    v0 = np.random.default_rng(seed).normal(size=dim)
+    evals, evecs = eigsh(op, k=rank, which="LA", v0=v0, tol=1e-8)
+    return torch.as_tensor(evals), torch.as_tensor(evecs)
+
+
+def sketch_inverse(
+    matvec_batch: Callable[[torch.Tensor, int], torch.Tensor],
+    dim: int,
+    *,
+    n_batches: int,
+    sketch_dim: int,
+    steps: int,
+    lr: float,
+    damping: float = 0.0,
+    dtype: torch.dtype = torch.float64,
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The randomized inverse-Hessian sketch of the TracIn paper (appendix A.1).
+
+    Draw G (D, P) with N(0, 1/D) entries and solve ``min_S ||H S - G^T||_F^2`` by SGD whose
+    gradient ``2 H_B1 (H_B2 S - G^T)`` uses two independent minibatches, so it is unbiased.
+    Then ``S (G b)`` estimates ``H^-1 b`` without bias. Returns ``(S, G)``; S is (P, D).
+    Nesterov momentum speeds up the slow, small-eigenvalue directions.
+    """
+    g = torch.Generator().manual_seed(seed)
+    G = torch.randn(sketch_dim, dim, generator=g, dtype=dtype) / sketch_dim**0.5
+    S = torch.zeros(sketch_dim, dim, dtype=dtype)  # rows: columns of S^T
+    velocity = torch.zeros_like(S)
+    momentum = 0.9
+    for _ in range(steps):
+        b1, b2 = (int(j) for j in torch.randint(n_batches, (2,), generator=g))
+        look = S + momentum * velocity
+        resid = matvec_batch(look, b2) + damping * look - G
+        grad = 2 * (matvec_batch(resid, b1) + damping * resid)
+        velocity = momentum * velocity - lr * grad
+        S = S + velocity
+    return S.T, G
