@@ -41,11 +41,11 @@ def loo_correlation(
     dict with ``pearson``, ``spearman`` (over all test x removed pairs), ``predicted`` and ``actual``
     (each (n_test, len(indices))).
     """
-    indices = np.asarray(indices)
-    predicted = explainer.explain(X_test, y_test).values[:, indices].astype(np.float64)
+    idx = np.asarray(indices)
+    predicted = explainer.explain(X_test, y_test).values[:, idx].astype(np.float64)
     base = _test_losses(explainer.model, X_test, y_test)
     actual = np.empty_like(predicted)
-    for j, i in enumerate(indices):
+    for j, i in enumerate(idx):
         keep = np.ones(explainer.n_train_, dtype=bool)
         keep[i] = False
         actual[:, j] = _test_losses(retrain(keep), X_test, y_test) - base

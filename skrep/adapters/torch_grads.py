@@ -220,7 +220,7 @@ def hessian_operator(
     batches: list[tuple[Any, torch.Tensor]],
     loss: Loss,
     l2: float = 0.0,
-) -> Callable[[torch.Tensor, list[int] | None], torch.Tensor]:
+) -> Callable[..., torch.Tensor]:
     """``matvec(V, batch_ids=None)``: the Hessian of ``mean loss + l2/2 ||theta||^2`` applied to V (b, P).
 
     Over all training batches, or (for stochastic solvers) over the chosen ones, rescaled to a

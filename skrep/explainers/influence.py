@@ -313,7 +313,7 @@ class InfluenceFunctions(BaseExplainer):
                 seed=seed,
             )
 
-    def _flat(self, emb: Factored | Sum) -> torch.Tensor:
+    def _flat(self, emb: Factored | Dense | Sum) -> torch.Tensor:
         """Gradients in the flat parameter layout (m, P), float64."""
         if self.params == "head":
             assert isinstance(emb, Factored)
