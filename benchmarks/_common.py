@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import statistics
@@ -73,6 +74,20 @@ def synthetic_head(n_train: int, n_test: int, d: int, k: int, seed: int = 0):
         head.weight.copy_(torch.as_tensor(centers, dtype=torch.float32) / np.sqrt(d))
         head.bias.zero_()
     return head.eval(), F_train, F_test
+
+
+def head_workload_args(description: str) -> argparse.Namespace:
+    """The shared command line of the head benchmarks: sizes of the synthetic feature workload."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--n-train", type=int, default=50_000)
+    p.add_argument("--dim", type=int, default=512)
+    p.add_argument("--classes", type=int, default=10)
+    p.add_argument("--n-test", type=int, default=1000)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--mlp-train", type=int, default=2000, help="(bench_influence) network part, training points")
+    p.add_argument("--mlp-test", type=int, default=20, help="(bench_influence) network part, test points")
+    return p.parse_args()
 
 
 def write_results(name: str, results: dict) -> Path:

@@ -11,11 +11,10 @@ Usage: python benchmarks/bench_rps.py [--n-train 50000] [--dim 512] [--classes 1
 
 from __future__ import annotations
 
-import argparse
 import warnings
 
 import torch
-from _common import peak_rss, synthetic_head, timeit, write_results
+from _common import head_workload_args, peak_rss, synthetic_head, timeit, write_results
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
@@ -23,14 +22,7 @@ from skrep import RepresenterPoints
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--n-train", type=int, default=50_000)
-    p.add_argument("--dim", type=int, default=512)
-    p.add_argument("--classes", type=int, default=10)
-    p.add_argument("--n-test", type=int, default=1000)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--repeat", type=int, default=3)
-    a = p.parse_args()
+    a = head_workload_args(__doc__)
     head, F, Ft = synthetic_head(a.n_train, a.n_test, a.dim, a.classes)
     with torch.no_grad():
         y = head(torch.as_tensor(F)).argmax(1).numpy()

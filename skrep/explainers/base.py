@@ -63,6 +63,11 @@ class BaseExplainer(BaseEstimator):
     _explains_loss = False  # IF / TracIn explain a loss at the label y; RPS / LJE a class's logit
 
     # ---- sklearn plumbing --------------------------------------------------------------------
+    def _store_params(self, values: dict[str, Any]) -> None:
+        """Store every ``__init__`` argument as given (sklearn convention), from ``locals()``."""
+        for name in self._get_param_names():
+            setattr(self, name, values[name])
+
     def __sklearn_clone__(self) -> BaseExplainer:
         # the wrapped model is frozen: a clone shares it instead of deep-copying network weights
         params = self.get_params(deep=False)

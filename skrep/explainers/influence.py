@@ -128,27 +128,7 @@ class InfluenceFunctions(BaseExplainer):
         random_state: Any = None,
         verbose: int = 0,
     ):
-        self.model = model
-        self.params = params
-        self.solver = solver
-        self.damping = damping
-        self.l2 = l2
-        self.penalize_bias = penalize_bias
-        self.rank = rank
-        self.lissa_scale = lissa_scale
-        self.lissa_depth = lissa_depth
-        self.stochastic_batch_size = stochastic_batch_size
-        self.sketch_dim = sketch_dim
-        self.sketch_steps = sketch_steps
-        self.cg_tol = cg_tol
-        self.explicit_max = explicit_max
-        self.target = target
-        self.device = device
-        self.batch_size = batch_size
-        self.block_bytes = block_bytes
-        self.max_dense_bytes = max_dense_bytes
-        self.random_state = random_state
-        self.verbose = verbose
+        self._store_params(locals())
 
     def _check_params(self) -> None:
         super()._check_params()

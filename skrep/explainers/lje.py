@@ -119,21 +119,7 @@ class RepresenterLJE(BaseExplainer):
         random_state: Any = None,
         verbose: int = 0,
     ):
-        self.model = model
-        self.eta = eta
-        self.l2 = l2
-        self.penalize_bias = penalize_bias
-        self.damping = damping
-        self.solver = solver
-        self.explicit_max = explicit_max
-        self.cg_tol = cg_tol
-        self.target = target
-        self.device = device
-        self.batch_size = batch_size
-        self.block_bytes = block_bytes
-        self.max_dense_bytes = max_dense_bytes
-        self.random_state = random_state
-        self.verbose = verbose
+        self._store_params(locals())
 
     def _check_params(self) -> None:
         super()._check_params()
@@ -187,12 +173,13 @@ class RepresenterLJE(BaseExplainer):
             self.prior_direction_ = -solve(reg[None])[0]
             # W_i^T = (theta* - H^-1 g_i)^T / n, stored as (n, k, d) rows for the kernels; the
             # n solves run in the features' dtype (H^-1 itself was formed in float64)
-            W = torch.empty(n, k, d, dtype=self.dtype_)
+            # class-major storage: explaining class c reads W[c], one contiguous (n, d) matrix
+            W = torch.empty(k, n, d, dtype=self.dtype_)
             anchor = self.anchor_.to(self.dtype_)
             for s in range(0, n, 4096):
                 G = f[s : s + 4096, :, None] * residual[s : s + 4096, None, :].to(self.dtype_)
-                W[s : s + 4096] = ((anchor[None] - solve(G)) / n).transpose(1, 2)
-            return Dense(W)
+                W[:, s : s + 4096] = ((anchor[None] - solve(G)) / n).permute(2, 0, 1)
+            return Dense(W.permute(1, 0, 2))
         # CG keeps what the Hessian needs (features, logits at the anchor) and solves per test point
         self.dropped_ = 0
         self._penalty, self._anchor_logits = penalty, z

@@ -97,18 +97,7 @@ class RepresenterPoints(BaseExplainer):
         random_state: Any = None,
         verbose: int = 0,
     ):
-        self.model = model
-        self.lam = lam
-        self.refit_on = refit_on
-        self.target = target
-        self.max_iter = max_iter
-        self.tol = tol
-        self.device = device
-        self.batch_size = batch_size
-        self.block_bytes = block_bytes
-        self.max_dense_bytes = max_dense_bytes
-        self.random_state = random_state
-        self.verbose = verbose
+        self._store_params(locals())
 
     def _check_params(self) -> None:
         super()._check_params()

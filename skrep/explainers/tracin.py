@@ -101,20 +101,7 @@ class TracIn(BaseExplainer):
         random_state: Any = None,
         verbose: int = 0,
     ):
-        self.model = model
-        self.checkpoints = checkpoints
-        self.learning_rates = learning_rates
-        self.params = params
-        self.projection_dim = projection_dim
-        self.projection = projection
-        self.index = index
-        self.target = target
-        self.device = device
-        self.batch_size = batch_size
-        self.block_bytes = block_bytes
-        self.max_dense_bytes = max_dense_bytes
-        self.random_state = random_state
-        self.verbose = verbose
+        self._store_params(locals())
 
     # ---- parameters ------------------------------------------------------------------------------
     def _check_params(self) -> None:
