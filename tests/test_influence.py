@@ -234,3 +234,17 @@ def test_bad_parameters(digits64):
     for kw in ({"solver": "newton"}, {"damping": -1}, {"rank": 0}, {"params": "all"}, {"lissa_scale": 0}):
         with pytest.raises((ValueError, TypeError), match=next(iter(kw))):
             InfluenceFunctions(model, **kw).fit(X[:100], y[:100])
+
+
+def test_ridge_regression_matches_leave_one_out():
+    from sklearn.linear_model import Ridge
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(100, 4))
+    y = X @ rng.normal(size=4) + 0.3 * rng.normal(size=100)
+    model = Ridge(alpha=1.0).fit(X, y)
+    inf = InfluenceFunctions(model).fit(X, y)
+    with pytest.raises(ValueError, match="pass y"):
+        inf.explain(X[:3])
+    r = loo_correlation(inf, X[:5], y[:5], np.arange(30), lambda keep: Ridge(alpha=1.0).fit(X[keep], y[keep]))
+    assert r["pearson"] >= 0.99

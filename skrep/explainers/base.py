@@ -107,7 +107,7 @@ class BaseExplainer(BaseEstimator):
         return phi.to(self.dtype_)
 
     def _labels(self, c: torch.Tensor) -> np.ndarray:
-        """Class labels (as the model names them) for class indices; output indices for regression."""
+        """Class labels (as the model names them) for class indices; as given otherwise."""
         classes = self.adapter_.classes_
         return c.numpy() if classes is None else np.asarray(classes)[c.numpy()]
 
@@ -226,9 +226,7 @@ class BaseExplainer(BaseEstimator):
                     f"y must hold one label per test point ({len(phi)}); got {y!r:.60}. (top_k and target "
                     "are keyword arguments: explain(X, top_k=10).)"
                 )
-        if target is None and self._explains_loss:
-            target = y if y is not None else labels
-        c = self._targets(logits, target, len(phi))
+        c = self._explained(logits, target, y if y is not None else labels, len(phi))
         test, offset, prior = self._test_side(self._features(phi), c, X)
         kw = dict(offset=offset, device=self.device_, block_bytes=self.block_bytes, verbose=self.verbose)
         if top_k is None:
@@ -238,18 +236,38 @@ class BaseExplainer(BaseEstimator):
             tk = stream_topk(test, self.train_embedding_, top_k, **kw)
             dense = None
             top = {name: getattr(tk, name).numpy() for name in ("pro_index", "pro_value", "opp_index", "opp_value")}
-        recon = self._reconstruct(test, offset, prior)
-        sel = self.adapter_.loss.selector(c, logits.shape[1], logits.dtype)
+        loss = self.adapter_.loss
+        if self._explains_loss:  # the explained output is the test loss; values do not decompose it
+            recon = None
+            output = loss.value(logits.double(), loss.targets(c, logits.shape[1], torch.float64))
+        else:
+            recon = self._reconstruct(test, offset, prior).numpy()
+            output = (logits * loss.selector(c, logits.shape[1], logits.dtype)).sum(1)
         return Explanation(
             values=dense,
             top=top,
             n_train=self.n_train_,
             target=self._labels(c),
-            reconstruction=recon.numpy(),
+            reconstruction=recon,
             prior=None if prior is None else prior.numpy(),
-            output=(logits * sel).sum(1).double().numpy(),
+            output=output.double().numpy(),
             method=self._method,
         )
+
+    def _explained(self, logits: torch.Tensor, target: Any, y: Any, n: int) -> torch.Tensor:
+        """What each test point's explanation is about.
+
+        A class index, or, for the loss of a regression model, the target values.
+        """
+        if not self._explains_loss:
+            return self._targets(logits, target, n)
+        if self.adapter_.loss.is_classification:
+            return self._targets(logits, target if target is not None else y, n)
+        if y is None:
+            raise ValueError(
+                f"{type(self).__name__} explains the test loss of a regression model at its targets: pass y."
+            )
+        return encode_labels(np.asarray(y), None)
 
     def _reconstruct(self, test: Embedding, offset: torch.Tensor | None, prior: torch.Tensor | None) -> torch.Tensor:
         """sum_i value(t, i) + prior, in float64, from the summed training embedding."""

@@ -389,7 +389,7 @@ class InfluenceFunctions(BaseExplainer):
         check_is_fitted(self, "train_embedding_")
         check_choice(order, "order", (1, 2))
         phi, logits, labels = self._forward(X, fitted=True)
-        c = self._targets(logits, y if y is not None else labels, len(phi))
+        c = self._explained(logits, None, y if y is not None else labels, len(phi))
         Gt = self._flat(self._gradients(X, self._features(phi), c))
         Gtrain = self._flat_train_gradients()
         n = self.n_train_

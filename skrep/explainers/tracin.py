@@ -169,7 +169,7 @@ class TracIn(BaseExplainer):
         if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1:
             raise ValueError(f"top_k must be a positive integer or None; got {top_k!r}.")
         phi, logits, labels = self._forward(X, fitted=True)
-        c = self._targets(logits, target if target is not None else (y if y is not None else labels), len(phi))
+        c = self._explained(logits, target, y if y is not None else labels, len(phi))
         q = flatten(self._embed(X, c)).float().numpy()
         pi, pv = self.index_.search(q, top_k)
         oi, ov = self.index_.search(-q, top_k)
