@@ -36,7 +36,9 @@ class Explanation:
     prior : ndarray of shape (n_test,) or None
         The share of the output that no training point owns (e.g. a regularizer's); 0 if None.
     output : ndarray of shape (n_test,) or None
-        The explained model's own output for the target.
+        What is explained, as the model computes it: the logit of the target class for methods
+        that decompose an output, the loss at the label for methods that explain a loss
+        (influence functions, TracIn).
     method : str
 
     Examples
