@@ -248,3 +248,50 @@ def test_ridge_regression_matches_leave_one_out():
         inf.explain(X[:3])
     r = loo_correlation(inf, X[:5], y[:5], np.arange(30), lambda keep: Ridge(alpha=1.0).fit(X[keep], y[keep]))
     assert r["pearson"] >= 0.99
+
+
+def test_network_parameter_subsets_and_conv_layers_match_exact():
+    """A subset of parameters (the rest still requiring grad) and a conv layer registered before
+    the Linear head: every solver runs and agrees with the exact one."""
+    torch.manual_seed(0)
+    cnn = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Tanh(), nn.Flatten(), nn.Linear(2 * 4 * 4, 3)).double()
+    rng = np.random.default_rng(0)
+    X, y = torch.as_tensor(rng.normal(size=(40, 1, 6, 6))), torch.as_tensor(rng.integers(0, 3, 40))
+    for params in ("all", ["3"], ["0", "3.weight"]):
+        ref = InfluenceFunctions(cnn, params=params, damping=0.5).fit(X, y).explain(X[:3], y[:3]).values
+        for solver in ("cg", "arnoldi"):
+            got = InfluenceFunctions(cnn, params=params, damping=0.5, solver=solver, rank=1000).fit(X, y)
+            np.testing.assert_allclose(got.explain(X[:3], y[:3]).values, ref, rtol=1e-5, atol=1e-8)
+
+
+def test_arnoldi_at_full_rank_is_exact_and_counts_damping_once():
+    from sklearn.datasets import make_classification
+
+    X, y = make_classification(150, 5, n_redundant=0, random_state=0)
+    model = LogisticRegression(C=1.0, tol=1e-12, solver="newton-cholesky").fit(X, y)
+    ref = InfluenceFunctions(model, damping=0.3).fit(X, y).explain(X[:4], y[:4]).values
+    got = InfluenceFunctions(model, damping=0.3, solver="arnoldi", rank=50).fit(X, y).explain(X[:4], y[:4]).values
+    np.testing.assert_allclose(got, ref, rtol=1e-8, atol=1e-12)
+
+
+def test_float32_head_iterative_solvers_match_exact(mlp_head_reference):
+    d, net, kw, ref = mlp_head_reference  # a float32 network
+    values = (
+        InfluenceFunctions(net, solver="cg", **kw)
+        .fit(d.X_train, d.y_train)
+        .explain(d.X_test[:20], d.y_test[:20])
+        .values
+    )
+    np.testing.assert_allclose(values, ref, rtol=0, atol=1e-6 * np.abs(ref).max())
+
+
+def test_group_arguments_are_checked(digits64):
+    X, y, _, _ = digits64
+    model = LogisticRegression(C=0.1, solver="newton-cholesky").fit(X[:200], y[:200])
+    inf = InfluenceFunctions(model).fit(X[:200], y[:200])
+    for bad in ([], [np.arange(200)]):
+        with pytest.raises(ValueError):
+            inf.explain_group(X[:2], y[:2], bad, order=2)
+    with pytest.raises(ValueError, match="order"):
+        inf.explain_group(X[:2], y[:2], [np.arange(3)], order=True)
+    np.testing.assert_allclose(inf.explain_group(X[:2], y[:2], [[0, 0, 1]]), inf.explain_group(X[:2], y[:2], [[0, 1]]))

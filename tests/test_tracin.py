@@ -209,3 +209,12 @@ def test_checkpoint_errors_name_the_file_and_parameter(tmp_path):
         TracIn(net, [net.state_dict()], [0.1, 0.2]).fit(X, y)
     with pytest.raises(ValueError, match="checkpoints"):
         TracIn(net, []).fit(X, y)
+
+
+@pytest.mark.parametrize("projection", ["gaussian", "fc-fast"])
+def test_float64_model_with_projection(projection):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+    X, y = torch.randn(20, 4, dtype=torch.float64), torch.randint(0, 3, (20,))
+    tr = TracIn(net, [net.state_dict()], 0.1, params="all", projection=projection, projection_dim=16, random_state=0)
+    assert np.isfinite(tr.fit(X, y).explain(X[:2], y[:2]).values).all()

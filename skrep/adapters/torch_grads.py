@@ -245,7 +245,8 @@ def hessian_operator(
         try:
             ids = range(len(batches)) if batch_ids is None else batch_ids
             count = sum(len(batches[i][1]) for i in ids)
-            tangents = _unflatten(V.to(next(iter(params.values())).dtype), module, groups)
+            flat = _unflatten(V.to(next(iter(params.values())).dtype), module, groups)
+            tangents = {k: flat[k] for k in params}  # the same key order as the primals (a pytree)
             total = torch.zeros_like(V)
             for i in ids:
                 x, t = batches[i]
@@ -254,7 +255,8 @@ def hessian_operator(
                     return jvp(lambda p: grad(batch_loss)(p, x, t), (params,), (tangent,))[1]
 
                 out = vmap(hv)(tangents)
-                total += _flatten(out, module, groups, len(V)).to(V.dtype)
+                # untraced parameters still require grad in the module: keep no graph
+                total += _flatten(out, module, groups, len(V)).detach().to(V.dtype)
         finally:
             module.train(was_training)
         return total / count + l2 * V

@@ -80,7 +80,8 @@ class InfluenceFunctions(BaseExplainer):
         Scale of the LiSSA recursion; None: 1.5 times the largest eigenvalue (power iteration).
     lissa_depth : int, default=2000
     stochastic_batch_size : int, default=256
-        Minibatch size of the Hessian products in 'lissa' and 'sketch'.
+        Minibatch size of the Hessian products in 'lissa' and 'sketch' for ``params='head'``;
+        over network parameters the minibatches are the forward batches (``batch_size``).
     sketch_dim : int or None, default=None
         Rows of the sketch's random matrix; None: 4 times the number of parameters, at most 8192.
     sketch_steps : int, default=300
@@ -200,7 +201,7 @@ class InfluenceFunctions(BaseExplainer):
             damp = float(self.damping)
             if self.params == "head":
                 d, k = self._head_shape
-                f = self.train_features_
+                f = self.train_features_.double()  # iterative solvers need float64 products
                 loss = self.adapter_.loss
 
                 def objective(idx):
@@ -309,7 +310,7 @@ class InfluenceFunctions(BaseExplainer):
             return B @ self._Hinv
         if self.solver == "arnoldi":
             evals, evecs = self._eig
-            return ((B @ evecs) / (evals + float(self.damping))) @ evecs.T
+            return ((B @ evecs) / evals) @ evecs.T  # the eigenvalues already include the damping
         if self.solver == "sketch":
             S, G = self._sketch
             return (B @ G.T) @ S.T
@@ -387,13 +388,18 @@ class InfluenceFunctions(BaseExplainer):
         ndarray of shape (n_test, n_groups); positive: removing the group raises the test loss.
         """
         check_is_fitted(self, "train_embedding_")
-        check_choice(order, "order", (1, 2))
+        if isinstance(order, bool) or order not in (1, 2) or not isinstance(order, int):
+            raise ValueError(f"order must be 1 or 2; got {order!r}.")
+        if len(groups) == 0:
+            raise ValueError("groups must hold at least one group of training indices.")
         phi, logits, labels = self._forward(X, fitted=True)
         c = self._explained(logits, None, y if y is not None else labels, len(phi))
         Gt = self._flat(self._gradients(X, self._features(phi), c))
         Gtrain = self._flat_train_gradients()
         n = self.n_train_
         members = [_as_indices(g, n) for g in groups]
+        if order == 2 and any(len(idx) >= n for idx in members):
+            raise ValueError("A group holds every training point: nothing would be left to fit (order=2).")
         sums = torch.stack([Gtrain[idx].sum(0) for idx in members])  # (n_groups, P)
         if order == 1:
             return (Gt @ self._solve(sums).T / n).numpy()
@@ -431,7 +437,7 @@ def _as_indices(group: Any, n: int) -> torch.Tensor:
         g = np.flatnonzero(g)
     if g.ndim != 1 or len(g) == 0 or g.dtype.kind not in "iu" or g.min() < 0 or g.max() >= n:
         raise ValueError(f"Each group must be a non-empty array of training indices in [0, {n}) or a mask.")
-    return torch.as_tensor(g, dtype=torch.long)
+    return torch.as_tensor(np.unique(g), dtype=torch.long)  # a point is removed once
 
 
 def _rows(batches: list, idx: torch.Tensor) -> torch.Tensor:

@@ -250,9 +250,9 @@ class TracIn(BaseExplainer):
         if P is None:
             return emb
         if isinstance(P, tuple):  # fc-fast: (G1 delta) (x) (G2 x), flattened for indexes and Sums alike
-            return Factored(emb.a @ P[0], emb.b @ P[1])
+            return Factored(emb.a @ P[0].to(emb.a.dtype), emb.b @ P[1].to(emb.b.dtype))
         full = emb.u.flatten(1) if isinstance(emb, Dense) else (emb.a[:, :, None] * emb.b[:, None, :]).flatten(1)
-        return Dense((full @ P)[:, None, :])
+        return Dense((full @ P.to(full.dtype))[:, None, :])
 
 
 def _scale(emb, c: float):
