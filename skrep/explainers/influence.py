@@ -49,6 +49,7 @@ from ..kernels.solvers import (
     sketch_inverse,
     top_eigenpairs,
 )
+from ._head import HeadObjectiveMixin
 from .base import BaseExplainer
 
 __all__ = ["InfluenceFunctions"]
@@ -56,7 +57,7 @@ __all__ = ["InfluenceFunctions"]
 Matvec = Callable[[torch.Tensor], torch.Tensor]
 
 
-class InfluenceFunctions(BaseExplainer):
+class InfluenceFunctions(HeadObjectiveMixin, BaseExplainer):
     """Influence functions over the head or the whole network, with five inverse-Hessian solvers.
 
     Parameters
@@ -150,26 +151,16 @@ class InfluenceFunctions(BaseExplainer):
 
     # ---- gradients and the Hessian in one flat layout -------------------------------------------
     def _features(self, phi: torch.Tensor) -> torch.Tensor:
-        phi = phi.to(self.dtype_)
-        if self.params != "head" or not self.adapter_.has_bias:
-            return phi
-        return torch.cat([phi, torch.ones(len(phi), 1, dtype=phi.dtype)], 1)
+        return self._with_bias_column(phi) if self.params == "head" else phi.to(self.dtype_)
 
     def _fit_train(self, f, logits, y, X):
         n = len(f)
-        if self.l2 == "auto":
-            known = self.adapter_.penalty_l2(n)
-            self.l2_ = 0.0 if known is None else float(known)
-        else:
-            self.l2_ = float(self.l2)
+        self.l2_ = self._resolve_l2(n)
         if self.params == "head":
-            adapter, loss = self.adapter_, self.adapter_.loss
+            loss = self.adapter_.loss
             k = logits.shape[1]
-            theta = self._theta(k)
-            penalty = torch.ones(f.shape[1], 1, dtype=torch.float64)
-            if adapter.has_bias and not self.penalize_bias:
-                penalty[-1] = 0.0
-            self._penalty = penalty
+            theta = self._head_theta()
+            self._penalty = self._penalty_rows(f.shape[1])
             self._head_shape = tuple(theta.shape)
             self._targets_t = loss.targets(y, k, torch.float64)
             self._z = f.double() @ theta
@@ -331,20 +322,11 @@ class InfluenceFunctions(BaseExplainer):
     def _gradients(self, X: Any, f: torch.Tensor, c: torch.Tensor) -> Factored | Sum:
         if self.params == "head":
             loss = self.adapter_.loss
-            z = f.double() @ self._theta()
+            z = f.double() @ self._head_theta()
             return Factored(loss.grad(z, loss.targets(c, z.shape[1], torch.float64)).to(self.dtype_), f)
         adapter = self._torch_adapter
         grads = per_sample_gradients(self.model, self._groups, labelled_batches(adapter.batches(X), c), adapter.loss)
         return Sum(tuple(grads[key] for key, _, _ in self._groups.shapes))
-
-    def _theta(self, k: int | None = None) -> torch.Tensor:
-        """The trained head as (d', k), bias last."""
-        adapter = self.adapter_
-        k = self._head_shape[1] if k is None else k
-        theta = adapter.weight.double().cpu()
-        if adapter.has_bias:
-            theta = torch.cat([theta, adapter.bias.double().cpu().reshape(1, k)])
-        return theta
 
     def _embed_solution(self, U: torch.Tensor) -> Dense | Sum:
         """H^-1 g_t / n, flat (m, P), in the training embedding's layout."""

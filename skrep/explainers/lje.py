@@ -36,6 +36,7 @@ from .._validation import check_choice, check_number
 from ..kernels import DEFAULT_BLOCK_BYTES, DEFAULT_MAX_DENSE_BYTES, Dense, Factored
 from ..kernels.head import HeadObjective
 from ..kernels.solvers import batched_conjugate_gradient
+from ._head import HeadObjectiveMixin
 from .base import BaseExplainer
 
 __all__ = ["RepresenterLJE"]
@@ -43,7 +44,7 @@ __all__ = ["RepresenterLJE"]
 _RCOND = 1e-10
 
 
-class RepresenterLJE(BaseExplainer):
+class RepresenterLJE(HeadObjectiveMixin, BaseExplainer):
     """Representer values of the given model by local Jacobian expansion (RPS-LJE).
 
     ``values[t, i] = <W_i[:, c], f_t>`` with ``W_i = (theta* - H^-1 g_i) / n``; positive values
@@ -133,26 +134,15 @@ class RepresenterLJE(BaseExplainer):
         check_choice(self.penalize_bias, "penalize_bias", (True, False))
 
     def _features(self, phi: torch.Tensor) -> torch.Tensor:
-        phi = phi.to(self.dtype_)
-        if not self.adapter_.has_bias:
-            return phi
-        return torch.cat([phi, torch.ones(len(phi), 1, dtype=phi.dtype)], 1)
+        return self._with_bias_column(phi)
 
     def _fit_train(self, f: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, X: Any):
-        adapter, loss = self.adapter_, self.adapter_.loss
+        loss = self.adapter_.loss
         n, k = len(f), logits.shape[1]
         d = f.shape[1]
-        theta = adapter.weight.double().cpu()
-        if adapter.has_bias:
-            theta = torch.cat([theta, adapter.bias.double().cpu().reshape(1, k)])
-        if self.l2 == "auto":
-            known = adapter.penalty_l2(n)
-            self.l2_ = 0.0 if known is None else float(known)
-        else:
-            self.l2_ = float(self.l2)
-        penalty = torch.ones(d, 1, dtype=torch.float64)
-        if adapter.has_bias and not self.penalize_bias:
-            penalty[-1] = 0.0
+        theta = self._head_theta()
+        self.l2_ = self._resolve_l2(n)
+        penalty = self._penalty_rows(d)
         f64 = f.double()
         obj = HeadObjective(
             f64,
