@@ -80,6 +80,12 @@ class BaseExplainer(BaseEstimator):
         tags.target_tags.required = True
         return tags
 
+    @property
+    def _torch_adapter(self) -> TorchAdapter:
+        """The adapter, for methods that work on a network's parameters (they admit torch models only)."""
+        assert isinstance(self.adapter_, TorchAdapter)
+        return self.adapter_
+
     def _make_adapter(self) -> LastLayer:
         if isinstance(self.model, nn.Module):
             return TorchAdapter(self.model, batch_size=self.batch_size, verbose=self.verbose)

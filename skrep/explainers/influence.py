@@ -37,11 +37,11 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from .._validation import check_choice, check_number
-from ..adapters import TorchAdapter
 from ..adapters.torch_grads import hessian_operator, labelled_batches, per_sample_gradients, plan_groups
 from ..kernels import DEFAULT_BLOCK_BYTES, DEFAULT_MAX_DENSE_BYTES, Dense, Factored, Sum, flatten
 from ..kernels.head import HeadObjective
 from ..kernels.solvers import (
+    Matvec,
     batched_conjugate_gradient,
     lissa,
     power_iteration,
@@ -53,8 +53,6 @@ from ._head import HeadObjectiveMixin
 from .base import BaseExplainer
 
 __all__ = ["InfluenceFunctions"]
-
-Matvec = Callable[[torch.Tensor], torch.Tensor]
 
 
 class InfluenceFunctions(HeadObjectiveMixin, BaseExplainer):
@@ -175,11 +173,6 @@ class InfluenceFunctions(HeadObjectiveMixin, BaseExplainer):
         self._ops = None
         self._prepare_solver(emb)
         return emb
-
-    @property
-    def _torch_adapter(self) -> TorchAdapter:
-        assert isinstance(self.adapter_, TorchAdapter)  # params != 'head' admits torch models only
-        return self.adapter_
 
     def _size(self) -> int:
         if self.params == "head":

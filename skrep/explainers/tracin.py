@@ -177,11 +177,6 @@ class TracIn(BaseExplainer):
         return Explanation(top=top, n_train=self.n_train_, target=self._labels(c), method=self._method)
 
     # ---- gradients -------------------------------------------------------------------------------
-    @property
-    def _torch_adapter(self) -> TorchAdapter:
-        assert isinstance(self.adapter_, TorchAdapter)  # _check_params admits only nn.Module models
-        return self.adapter_
-
     def _plan_groups(self) -> None:
         """Head only (closed form), or the traced parameters split into Linear and other groups."""
         self._head_only = self.params == "head"
