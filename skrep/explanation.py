@@ -143,6 +143,27 @@ class Explanation:
             ["test", "kind", "rank"], ignore_index=True, ascending=[True, False, True]
         )
 
+    def plot(self, test: int = 0, k: int = 5, **kwargs: Any) -> Any:
+        """Draw the top-k proponents and opponents of one test point (needs matplotlib).
+
+        Images when ``images=`` (the training points as images) is given, else a bar chart of
+        the values; see :func:`skrep.plotting.plot_explanation` for ``labels=`` and ``flipped=``.
+
+        Returns
+        -------
+        matplotlib Figure
+
+        Examples
+        --------
+        >>> e = Explanation(values=np.array([[0.5, -1.0, 2.0]]), n_train=3, target=np.array([0]))
+        >>> fig = e.plot(k=1, labels=["a", "b", "a"])
+        >>> fig.axes[0].get_title()
+        'explanation: test point 0, explained 0'
+        """
+        from .plotting import plot_explanation
+
+        return plot_explanation(self, test, k, **kwargs)
+
     def __repr__(self) -> str:
         form = "dense" if self.values is not None else f"top-{self.k}"
         return f"Explanation(method={self.method!r}, n_test={self.n_test}, n_train={self.n_train}, {form})"

@@ -201,6 +201,32 @@ def test_lissa_refuses_a_scale_below_the_top_eigenvalue(mlp_head_reference):
         InfluenceFunctions(net, solver="lissa", lissa_scale=1e-6, **kw).fit(d.X_train, d.y_train)
 
 
+def _lissa_on_logistic_regression(depth):
+    from sklearn.datasets import make_classification
+
+    X, y = make_classification(200, 5, n_redundant=0, random_state=0)
+    model = LogisticRegression(C=1.0, tol=1e-12, solver="newton-cholesky").fit(X, y)
+    ref = InfluenceFunctions(model).fit(X, y).explain(X[:4], y[:4]).values
+    # one minibatch of all 200 points: the recursion is deterministic, its settling depth known
+    inf = InfluenceFunctions(model, solver="lissa", lissa_depth=depth, stochastic_batch_size=200, random_state=0)
+    return inf.fit(X, y).explain(X[:4], y[:4]).values, ref
+
+
+def test_lissa_warns_when_it_has_not_settled():
+    from sklearn.exceptions import ConvergenceWarning
+
+    with pytest.warns(ConvergenceWarning, match="LiSSA has not settled after 2 steps.*lissa_depth"):
+        values, ref = _lissa_on_logistic_regression(depth=2)
+    assert np.abs(values - ref).max() > 0.1 * np.abs(ref).max()  # the warning was deserved
+
+
+def test_lissa_settled_does_not_warn():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        values, ref = _lissa_on_logistic_regression(depth=150)
+    np.testing.assert_allclose(values, ref, rtol=0, atol=1e-6 * np.abs(ref).max())
+
+
 def test_self_influence_is_the_diagonal(digits64):
     X, y, _, _ = digits64
     model = LogisticRegression(C=0.1, tol=1e-12, solver="newton-cholesky").fit(X[:300], y[:300])

@@ -7,6 +7,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from ..kernels.leaves import LeafMatrix
 from ..losses import Loss
 
 __all__ = ["LastLayer", "encode_labels"]
@@ -56,8 +57,8 @@ class LastLayer(Protocol):
         ``(x, y)`` batches), or None.
         """
 
-    def features(self, X: Any) -> torch.Tensor:
-        """Penultimate representation phi(X), shape (n, d)."""
+    def features(self, X: Any) -> torch.Tensor | LeafMatrix:
+        """Penultimate representation phi(X), shape (n, d) (leaf indicators for tree ensembles)."""
 
     def logits(self, X: Any) -> torch.Tensor:
         """The model's own raw output, shape (n, k)."""

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from ..adapters import LastLayer
+from ..kernels.leaves import with_ones
 
 
 class HeadObjectiveMixin:
@@ -23,9 +24,7 @@ class HeadObjectiveMixin:
     def _with_bias_column(self, phi: torch.Tensor) -> torch.Tensor:
         """F = [phi, 1] when the head has a bias (a free parameter), else phi."""
         phi = phi.to(self.dtype_)
-        if not self.adapter_.has_bias:
-            return phi
-        return torch.cat([phi, torch.ones(len(phi), 1, dtype=phi.dtype)], 1)
+        return with_ones(phi) if self.adapter_.has_bias else phi
 
     def _head_theta(self) -> torch.Tensor:
         """The trained head as (d', k) float64, the bias as its last row when it is a parameter."""

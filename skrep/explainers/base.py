@@ -112,6 +112,19 @@ class BaseExplainer(BaseEstimator):
         """Head features f as the method sees them (e.g. with a constant column for the bias)."""
         return phi.to(self.dtype_)
 
+    def _head_mask(self, d: int) -> torch.Tensor | None:
+        """The adapter's mask of free head entries for features of width d, float64.
+
+        A bias row appended to the features (d = mask rows + 1) is free for every class.
+        """
+        mask = self.adapter_.mask
+        if mask is None:
+            return None
+        mask = mask.double().cpu()
+        if d == mask.shape[0] + 1:
+            mask = torch.cat([mask, torch.ones(1, mask.shape[1], dtype=mask.dtype)])
+        return mask
+
     def _labels(self, c: torch.Tensor) -> np.ndarray:
         """Class labels (as the model names them) for class indices; as given otherwise."""
         classes = self.adapter_.classes_

@@ -40,6 +40,7 @@ from .._validation import check_choice, check_number
 from ..adapters.torch_grads import hessian_operator, labelled_batches, per_sample_gradients, plan_groups
 from ..kernels import DEFAULT_BLOCK_BYTES, DEFAULT_MAX_DENSE_BYTES, Dense, Factored, Sum, flatten
 from ..kernels.head import HeadObjective
+from ..kernels.leaves import to_dense
 from ..kernels.solvers import (
     Matvec,
     batched_conjugate_gradient,
@@ -159,6 +160,7 @@ class InfluenceFunctions(HeadObjectiveMixin, BaseExplainer):
             k = logits.shape[1]
             theta = self._head_theta()
             self._penalty = self._penalty_rows(f.shape[1])
+            self._mask = self._head_mask(f.shape[1])
             self._head_shape = tuple(theta.shape)
             self._targets_t = loss.targets(y, k, torch.float64)
             self._z = f.double() @ theta
@@ -186,12 +188,11 @@ class InfluenceFunctions(HeadObjectiveMixin, BaseExplainer):
             if self.params == "head":
                 d, k = self._head_shape
                 f = self.train_features_.double()  # iterative solvers need float64 products
-                loss = self.adapter_.loss
 
                 def objective(idx):
-                    return HeadObjective(f[idx], f[idx, :0], loss, l2=self.l2_, penalty=self._penalty)
+                    return self._head_objective(f[idx], l2=self.l2_)
 
-                full = HeadObjective(f, f[:, :0], loss, l2=self.l2_, penalty=self._penalty).hessian(self._z)
+                full = self._head_objective(f, l2=self.l2_).hessian(self._z)
                 chunks = torch.arange(len(f)).split(self.stochastic_batch_size)
                 parts = [objective(idx).hessian(self._z[idx]) for idx in chunks]
 
@@ -220,9 +221,7 @@ class InfluenceFunctions(HeadObjectiveMixin, BaseExplainer):
                 "solver='cg' (exact to its tolerance, matrix-free) or raise explicit_max."
             )
         if self.params == "head":
-            obj = HeadObjective(
-                self.train_features_.double(), self._targets_t, self.adapter_.loss, l2=self.l2_, penalty=self._penalty
-            )
+            obj = self._head_objective(self.train_features_.double(), l2=self.l2_)
             return obj.explicit_hessian(self._z) + float(self.damping) * torch.eye(P, dtype=torch.float64)
         matvec = self._operators()[0]
         cols = [matvec(torch.eye(P, dtype=torch.float64)[s : s + 256]) for s in range(0, P, 256)]
@@ -278,11 +277,17 @@ class InfluenceFunctions(HeadObjectiveMixin, BaseExplainer):
                 seed=seed,
             )
 
+    def _head_objective(self, f: Any, l2: float = 0.0) -> HeadObjective:
+        """The head's objective over features f, for its Hessian (the targets do not enter it)."""
+        no_targets = torch.empty(len(f), 0)
+        return HeadObjective(f, no_targets, self.adapter_.loss, l2=l2, penalty=self._penalty, mask=self._mask)
+
     def _flat(self, emb: Factored | Dense | Sum) -> torch.Tensor:
         """Gradients in the flat parameter layout (m, P), float64."""
         if self.params == "head":
             assert isinstance(emb, Factored)
-            return (emb.b.double()[:, :, None] * emb.a.double()[:, None, :]).reshape(len(emb), -1)
+            G = to_dense(emb.b).double()[:, :, None] * emb.a.double()[:, None, :]
+            return (G if self._mask is None else G * self._mask).reshape(len(emb), -1)
         return flatten(emb).double()
 
     def _flat_train_gradients(self) -> torch.Tensor:
@@ -341,10 +346,10 @@ class InfluenceFunctions(HeadObjectiveMixin, BaseExplainer):
     def self_influence(self) -> np.ndarray:
         """``g_i^T H^-1 g_i / n`` for each training point at its own label: (n_train,)."""
         check_is_fitted(self, "train_embedding_")
-        G = self._flat_train_gradients()
-        out = torch.empty(len(G), dtype=torch.float64)
-        for s in range(0, len(G), 1024):
-            out[s : s + 1024] = (self._solve(G[s : s + 1024]) * G[s : s + 1024]).sum(1)
+        out = torch.empty(self.n_train_, dtype=torch.float64)
+        for s in range(0, self.n_train_, 1024):
+            G = self._flat(self.train_embedding_.rows(s, s + 1024))
+            out[s : s + 1024] = (self._solve(G) * G).sum(1)
         return (out / self.n_train_).numpy()
 
     def explain_group(self, X: Any, y: Any = None, groups: Sequence[Any] = (), order: int = 1) -> np.ndarray:
@@ -395,8 +400,7 @@ class InfluenceFunctions(HeadObjectiveMixin, BaseExplainer):
         """Hessian of the mean loss over the group only (no penalty, no damping)."""
         if self.params == "head":
             d, k = self._head_shape
-            f = self.train_features_[idx]
-            hess = HeadObjective(f, f[:, :0], self.adapter_.loss).hessian(self._z[idx])
+            hess = self._head_objective(self.train_features_[idx]).hessian(self._z[idx])
             return lambda V: hess(V.reshape(len(V), d, k)).reshape(len(V), -1)
         batches = labelled_batches(
             self._torch_adapter.batches(_rows(self._batches, idx)), torch.cat([t for _, t in self._batches])[idx]

@@ -35,16 +35,18 @@ import torch
 from .._validation import check_choice, check_number
 from ..kernels import DEFAULT_BLOCK_BYTES, DEFAULT_MAX_DENSE_BYTES, Dense, Factored
 from ..kernels.head import HeadObjective
+from ..kernels.leaves import LeafMatrix, to_dense
 from ..kernels.solvers import batched_conjugate_gradient
 from ._head import HeadObjectiveMixin
 from .base import BaseExplainer
+from .sensitivity import SensitivityMapsMixin
 
 __all__ = ["RepresenterLJE"]
 
 _RCOND = 1e-10
 
 
-class RepresenterLJE(HeadObjectiveMixin, BaseExplainer):
+class RepresenterLJE(SensitivityMapsMixin, HeadObjectiveMixin, BaseExplainer):
     """Representer values of the given model by local Jacobian expansion (RPS-LJE).
 
     ``values[t, i] = <W_i[:, c], f_t>`` with ``W_i = (theta* - H^-1 g_i) / n``; positive values
@@ -68,7 +70,7 @@ class RepresenterLJE(HeadObjectiveMixin, BaseExplainer):
         'explicit' builds H (d k x d k) and stores W_i for every training point (memory
         n k d); 'cg' keeps only training gradients and solves for each explained test point
         by conjugate gradient (explain then costs k times more). 'auto': explicit when
-        ``d k <= explicit_max``.
+        ``d k <= explicit_max`` and the n k d values fit in ``max_dense_bytes``.
     explicit_max : int, default=8192
     cg_tol : float, default=1e-6
         Relative residual of the CG solves.
@@ -143,6 +145,7 @@ class RepresenterLJE(HeadObjectiveMixin, BaseExplainer):
         theta = self._head_theta()
         self.l2_ = self._resolve_l2(n)
         penalty = self._penalty_rows(d)
+        self.mask_ = self._head_mask(d)
         f64 = f.double()
         obj = HeadObjective(
             f64,
@@ -150,13 +153,24 @@ class RepresenterLJE(HeadObjectiveMixin, BaseExplainer):
             loss,
             l2=self.l2_,
             penalty=penalty,
+            mask=self.mask_,
             fast_features=f64 if f.dtype == torch.float64 else f,
         )
         _, grad, _ = obj.value_grad(theta)
         self.anchor_ = theta + self.eta * grad  # one ascent step, true labels
         _, _, z = obj.value_grad(self.anchor_)
         residual = loss.grad(z, obj.t)  # g_i = f_i (x) residual_i
-        self.solver_ = self.solver if self.solver != "auto" else ("explicit" if d * k <= self.explicit_max else "cg")
+        if self.solver != "auto":
+            self.solver_ = self.solver
+        else:  # the explicit path stores a dense (d, k) row per training point
+            fits = n * d * k * torch.empty((), dtype=self.dtype_).element_size() <= self.max_dense_bytes
+            self.solver_ = "explicit" if d * k <= self.explicit_max and fits else "cg"
+        if self.solver_ == "cg" and isinstance(f, LeafMatrix) and self.l2_ + float(self.damping) == 0:
+            raise ValueError(
+                "A tree ensemble's head Hessian is singular (the leaves of different trees are linearly "
+                "dependent) and solver='cg' needs it definite: pass damping > 0 (e.g. 1e-4), or use "
+                "solver='explicit' (a pseudo-inverse) where n_train x n_leaves values fit in memory."
+            )
         reg = obj._reg(self.anchor_)
         if self.solver_ == "explicit":
             solve = self._explicit_inverse(obj, z, f64, residual)
@@ -167,7 +181,7 @@ class RepresenterLJE(HeadObjectiveMixin, BaseExplainer):
             W = torch.empty(k, n, d, dtype=self.dtype_)
             anchor = self.anchor_.to(self.dtype_)
             for s in range(0, n, 4096):
-                G = f[s : s + 4096, :, None] * residual[s : s + 4096, None, :].to(self.dtype_)
+                G = self._gradients(to_dense(f[s : s + 4096]), residual[s : s + 4096].to(self.dtype_))
                 W[:, s : s + 4096] = ((anchor[None] - solve(G)) / n).permute(2, 0, 1)
             return Dense(W.permute(1, 0, 2))
         # CG keeps what the Hessian needs (features, logits at the anchor) and solves per test point
@@ -180,7 +194,9 @@ class RepresenterLJE(HeadObjectiveMixin, BaseExplainer):
     def _cg_operator(self, f: torch.Tensor):
         """(matvec, preconditioner, feature basis) of the damped Hessian, built once per process."""
         if getattr(self, "_cg_op", None) is None:
-            obj = HeadObjective(f, f[:, :0], self.adapter_.loss, l2=self.l2_, penalty=self._penalty)
+            f = f.double()  # CG to a tight tolerance on a nearly singular H needs float64 products
+            no_targets = torch.empty(len(f), 0)
+            obj = HeadObjective(f, no_targets, self.adapter_.loss, l2=self.l2_, penalty=self._penalty, mask=self.mask_)
             hess, damp = obj.hessian(self._anchor_logits), float(self.damping)
             matvec = (lambda V: hess(V) + damp * V) if damp else hess
             self._cg_op = (matvec, obj.preconditioner(self._anchor_logits), obj.feature_range())
@@ -205,7 +221,7 @@ class RepresenterLJE(HeadObjectiveMixin, BaseExplainer):
             Qn = Q[:, ~keep]
             leak, total = 0.0, 0.0
             for s in range(0, len(f64), 4096):
-                G = (f64[s : s + 4096, :, None] * residual[s : s + 4096, None, :]).reshape(-1, Q.shape[0])
+                G = self._gradients(to_dense(f64[s : s + 4096]), residual[s : s + 4096]).reshape(-1, Q.shape[0])
                 leak += float(((G @ Qn) ** 2).sum())
                 total += float((G**2).sum())
             if total > 0 and leak > 1e-12 * total:
@@ -237,6 +253,11 @@ class RepresenterLJE(HeadObjectiveMixin, BaseExplainer):
 
         return solve
 
+    def _gradients(self, f: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """Loss gradients in the head, f_i (x) residual_i restricted to the free entries: (m, d, k)."""
+        G = f[:, :, None] * residual[:, None, :]
+        return G if self.mask_ is None else G * self.mask_.to(G.dtype)
+
     def _cg_solve(self, B: torch.Tensor, f: torch.Tensor | None = None) -> torch.Tensor:
         matvec, precond, _ = self._cg_operator(self.train_features_ if f is None else f)
         X, _ = batched_conjugate_gradient(
@@ -256,10 +277,17 @@ class RepresenterLJE(HeadObjectiveMixin, BaseExplainer):
         # training point but active here, the softmax shift) meet no gradient and are dropped,
         # so each system is consistent.
         basis = self._cg_operator(self.train_features_)[2]
-        ft = f.double() @ basis @ basis.T
-        M = ft[:, :, None] * sel[:, None, :]  # (m, d, k)
+        if basis is None or self.mask_ is not None:
+            # leaf features, and masked heads, whose classes see different spans: H is made definite
+            # by damping or a penalty instead (see _fit_train)
+            ft = to_dense(f).double()
+        else:
+            ft = f.double() @ basis @ basis.T
+        M = self._gradients(ft, sel)  # (m, d, k)
         if self.adapter_.loss.name == "softmax":
-            M = M - M.mean(2, keepdim=True)
+            # the shift of every class's logit along a row that is free in every class is null
+            free = slice(None) if self.mask_ is None else self.mask_.bool().all(1)
+            M[:, free] -= M[:, free].mean(2, keepdim=True)
         U = self._cg_solve(M)
         offset = (f.double() @ self.anchor_ * sel).sum(1) / self.n_train_
         return Dense(U.transpose(1, 2).to(self.dtype_)), offset, prior

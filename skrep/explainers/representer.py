@@ -20,12 +20,14 @@ import torch
 from .._validation import check_choice, check_number
 from ..kernels import DEFAULT_BLOCK_BYTES, DEFAULT_MAX_DENSE_BYTES, Factored
 from ..kernels.head import HeadObjective, newton_solve
+from ..kernels.leaves import class_features, with_ones
 from .base import BaseExplainer
+from .sensitivity import SensitivityMapsMixin
 
 __all__ = ["RepresenterPoints"]
 
 
-class RepresenterPoints(BaseExplainer):
+class RepresenterPoints(SensitivityMapsMixin, BaseExplainer):
     """Representer points with an L2-regularized head refit (RPS-L2, Yeh et al. 2018).
 
     ``values[t, i] = alpha_ic <f_i, f_t>`` for the explained class c, where f = [phi, 1] and
@@ -107,16 +109,17 @@ class RepresenterPoints(BaseExplainer):
         check_choice(self.refit_on, "refit_on", ("model", "labels"))
 
     def _features(self, phi: torch.Tensor) -> torch.Tensor:
-        phi = phi.to(self.dtype_)
-        return torch.cat([phi, torch.ones(len(phi), 1, dtype=phi.dtype)], 1)
+        return with_ones(phi.to(self.dtype_))
 
     def _fit_train(self, f: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, X: Any) -> Factored:
         loss = self.adapter_.loss
         n, k = len(f), logits.shape[1]
         f64 = f.double()
         targets = loss.link(logits.double()) if self.refit_on == "model" else loss.targets(y, k, torch.float64)
-        # (1/n) sum L + lam ||theta||^2 is HeadObjective with l2 = 2 lam on every entry
-        obj = HeadObjective(f64, targets, loss, l2=2.0 * self.lam, fast_features=f)
+        # (1/n) sum L + lam ||theta||^2 is HeadObjective with l2 = 2 lam on every entry; with a
+        # mask the stationary head is mask * sum_i f_i alpha_i^T, and each class meets its own features
+        self.mask_ = self._head_mask(f.shape[1])
+        obj = HeadObjective(f64, targets, loss, l2=2.0 * self.lam, mask=self.mask_, fast_features=f)
         theta, self.grad_norm_, self.n_iter_ = newton_solve(
             obj,
             torch.zeros(f.shape[1], k, dtype=torch.float64),
@@ -131,4 +134,4 @@ class RepresenterPoints(BaseExplainer):
 
     def _test_side(self, f: torch.Tensor, c: torch.Tensor, X: Any = None):
         sel = self.adapter_.loss.selector(c, self.alpha_.shape[1], f.dtype)
-        return Factored(sel, f), None, None
+        return Factored(sel, class_features(f, self.mask_, c)), None, None

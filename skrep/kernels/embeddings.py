@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .leaves import gram, rowdot
+
 __all__ = ["Factored", "Dense", "Sum", "Embedding", "dtype_of", "flatten", "pair_block", "pair_rows", "total"]
 
 
@@ -123,12 +125,12 @@ def pair_block(test: Embedding, train: Embedding) -> torch.Tensor:
         out = pair_block(test.terms[0], train.terms[0])
         for u, v in zip(test.terms[1:], train.terms[1:], strict=True):
             if isinstance(u, Factored) and isinstance(v, Factored):
-                out.addcmul_(u.b @ v.b.T, u.a @ v.a.T)  # one pass over the block instead of two
+                out.addcmul_(gram(u.b, v.b), u.a @ v.a.T)  # one pass over the block instead of two
             else:
                 out += pair_block(u, v)
         return out
     if isinstance(test, Factored) and isinstance(train, Factored):
-        return (test.b @ train.b.T).mul_(test.a @ train.a.T)
+        return gram(test.b, train.b).mul_(test.a @ train.a.T)
     if isinstance(test, Dense) and isinstance(train, Factored):
         return _dense_factored(test, train, dense_rows_first=True)
     if isinstance(test, Factored) and isinstance(train, Dense):
@@ -146,17 +148,18 @@ def _dense_factored(dense: Dense, fac: Factored, dense_rows_first: bool) -> torc
         # one class per factored row (a class selector): only that class's slice of each dense
         # row is needed, k times fewer products than the general case
         cls = nz.to(torch.uint8).argmax(1)
-        scaled = fac.b * fac.a.gather(1, cls[:, None])
+        scale = fac.a.gather(1, cls[:, None])
         shape = (m, len(fac)) if dense_rows_first else (len(fac), m)
         out = torch.empty(shape, dtype=dense.u.dtype, device=dense.u.device)
         for c in torch.unique(cls).tolist():
             rows = (cls == c).nonzero()[:, 0]
+            block = gram(fac.b[rows], dense.u[:, c, :]) * scale[rows]
             if dense_rows_first:
-                out[:, rows] = dense.u[:, c, :] @ scaled[rows].T
+                out[:, rows] = block.T
             else:
-                out[rows] = scaled[rows] @ dense.u[:, c, :].T
+                out[rows] = block
         return out
-    s = (dense.u.reshape(m * k, d) @ fac.b.T).view(m, k, len(fac))
+    s = gram(dense.u.reshape(m * k, d), fac.b).view(m, k, len(fac))
     s = s.mul_(fac.a.T).sum(1)
     return s if dense_rows_first else s.T
 
@@ -169,7 +172,11 @@ def pair_rows(x: Embedding, y: Embedding) -> torch.Tensor:
     if isinstance(x, Sum) and isinstance(y, Sum):
         return torch.stack([pair_rows(u, v) for u, v in zip(x.terms, y.terms, strict=True)]).sum(0)
     if isinstance(x, Factored) and isinstance(y, Factored):
-        return (x.a * y.a).sum(1) * (x.b * y.b).sum(1)
+        return (x.a * y.a).sum(1) * rowdot(x.b, y.b)
+    if isinstance(x, Factored) != isinstance(y, Factored):  # sum_c a_c <u_c, b>, without forming a (x) b
+        fac, dense = (x, y) if isinstance(x, Factored) else (y, x)
+        assert isinstance(fac, Factored) and isinstance(dense, Dense)
+        return torch.stack([fac.a[:, c] * rowdot(fac.b, dense.u[:, c, :]) for c in range(fac.a.shape[1])]).sum(0)
     return (_full(x) * _full(y)).flatten(1).sum(1)
 
 
@@ -190,5 +197,5 @@ def total(e: Embedding, dtype: torch.dtype = torch.float64) -> Dense | Sum:
     if isinstance(e, Sum):
         return Sum(tuple(total(t, dtype) for t in e.terms))
     if isinstance(e, Factored):
-        return Dense((e.a.to(dtype).T @ e.b.to(dtype))[None])
+        return Dense((e.a.to(dtype).T @ e.b.to(dtype))[None])  # a LeafMatrix b takes this product too
     return Dense(e.u.to(dtype).sum(0, keepdim=True))

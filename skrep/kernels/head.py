@@ -15,6 +15,7 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 
 from ..losses import Loss
+from .leaves import LeafMatrix, to_dense
 from .solvers import conjugate_gradient
 
 __all__ = ["HeadObjective", "newton_solve"]
@@ -25,9 +26,10 @@ class HeadObjective:
 
     Parameters
     ----------
-    features : Tensor (n, d)
+    features : Tensor (n, d) or LeafMatrix
         Used for the value and the gradient, in its own dtype (float64 for a stationary point
-        to many digits).
+        to many digits). A tree ensemble's :class:`~skrep.kernels.leaves.LeafMatrix` is used
+        matrix-free: Hessian products as ``f^T (D (f V)) / n``, never a dense (n, d) matrix.
     targets : Tensor (n, k)
     loss : Loss
     l2 : float
@@ -131,7 +133,7 @@ class HeadObjective:
                 w = S[c][:, c2]
                 if not bool(w.any()):
                     continue
-                block = self._back((f * w[:, None]), f)
+                block = self._weighted_gram(w)
                 H[:, c, :, c2] = block
                 if c2 != c:
                     H[:, c2, :, c] = block.T
@@ -143,12 +145,24 @@ class HeadObjective:
             H = H * keep[:, None] * keep[None, :]
         return 0.5 * (H + H.T)
 
+    def _weighted_gram(self, w: torch.Tensor) -> torch.Tensor:
+        """``f^T diag(w) f / n`` in float64, dense (d, d), accumulated over row chunks."""
+        out = torch.zeros(self.f.shape[1], self.f.shape[1], dtype=torch.float64)
+        for s in range(0, self.n, 4096):
+            fd = to_dense(self.f[s : s + 4096]).double()
+            out += fd.T @ (fd * w[s : s + 4096, None].double())
+        return out / self.n
+
     def preconditioner(self, z: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         """Kronecker-factored approximate inverse Hessian, (C (x) A + l2 I)^-1.
 
         C = f^T f / n is the features' second moment (eigendecomposed once), A the mean
         per-sample curvature of the loss in the logits; for the squared loss it is exact.
+        Leaf features get the inverse of the Hessian's diagonal instead: their C is as large as
+        the ensemble has leaves, and nearly diagonal (the leaves of one tree never co-occur).
         """
+        if isinstance(self.f_fast, LeafMatrix):
+            return self._jacobi(z)
         if self._gram_eig is None:
             gram = self._back(self.f_fast, self.f_fast).T.double()
             self._gram_eig = torch.linalg.eigh(0.5 * (gram + gram.T))
@@ -164,8 +178,37 @@ class HeadObjective:
         inv = torch.where(denom > 1e-10 * float(denom.max()), 1.0 / denom, torch.zeros_like(denom))
         return lambda R: self._masked(Qc @ ((Qc.T @ R @ Qa) * inv) @ Qa.T)
 
-    def feature_range(self, rcond: float = 1e-10) -> torch.Tensor:
-        """Orthonormal basis (d, r) of the span of the training features (for projections)."""
+    def _jacobi(self, z: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        k = z.shape[1]
+        curv = self.loss.curvature(z)
+        eye = torch.eye(k, dtype=z.dtype, device=z.device)
+        per_class = torch.stack([curv(eye[j].expand_as(z))[:, j] for j in range(k)], 1)  # (n, k)
+        assert isinstance(self.f_fast, LeafMatrix)
+        diag = self.f_fast.column_sums(per_class.to(self.f_fast.dtype)).to(z.dtype) / self.n
+        pen = 1.0 if self.penalty is None else self.penalty.to(z.dtype)
+        diag = diag + self.l2 * pen
+        inv = torch.where(diag > 1e-12 * float(diag.max()), 1.0 / diag, torch.zeros_like(diag))
+        # the softmax shift of a row free in every class is a null direction: keep steps out of it
+        free = self.mask is None or self.mask.bool().all(1)
+        center = self.loss.name == "softmax" and bool(free if isinstance(free, bool) else free.any())
+
+        def apply(R: torch.Tensor) -> torch.Tensor:
+            out = self._masked(R * inv.to(R.dtype))
+            if center:
+                rows = slice(None) if isinstance(free, bool) else free
+                out[..., rows, :] -= out[..., rows, :].mean(-1, keepdim=True)
+            return out
+
+        return apply
+
+    def feature_range(self, rcond: float = 1e-10) -> torch.Tensor | None:
+        """Orthonormal basis (d, r) of the span of the training features (for projections).
+
+        None for leaf features: that span is not computed for them (it would need a dense
+        leaves x leaves Gram matrix); their Hessians must be made definite by a penalty or damping.
+        """
+        if isinstance(self.f_fast, LeafMatrix):
+            return None
         if self._gram_eig is None:
             gram = self._back(self.f_fast, self.f_fast).T.double()
             self._gram_eig = torch.linalg.eigh(0.5 * (gram + gram.T))

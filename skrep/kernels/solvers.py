@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
+from sklearn.exceptions import ConvergenceWarning
 
 __all__ = [
     "batched_conjugate_gradient",
@@ -178,6 +180,7 @@ def lissa(
     damping: float = 0.0,
     depth: int = 1000,
     seed: int = 0,
+    tol: float = 0.1,
 ) -> torch.Tensor:
     """LiSSA (Agarwal et al. 2017): ``H^-1 b`` by a stochastic Neumann recursion.
 
@@ -187,11 +190,50 @@ def lissa(
     The recursion converges only if ``scale`` exceeds the largest eigenvalue of ``H + damping``;
     it is checked every step and a ValueError with advice is raised as soon as it diverges,
     instead of returning a silently wrong answer.
+
+    Parameters
+    ----------
+    matvec_batch : callable
+        ``(V, j) -> H_j V`` for rows of V and minibatch ``j`` in ``range(n_batches)``.
+    B : Tensor of shape (m, P)
+        Right-hand sides, one per row.
+    n_batches : int
+        Number of minibatches to draw from.
+    scale : float
+        Above the largest eigenvalue of the damped Hessian.
+    damping : float, default=0.0
+    depth : int, default=1000
+        Recursion steps.
+    seed : int, default=0
+        Seed of the minibatch draws.
+    tol : float, default=0.1
+        Largest relative change, between the mean estimates over the last two quarters of the
+        steps, that counts as settled; above it a ConvergenceWarning is raised.
+
+    Returns
+    -------
+    Tensor of shape (m, P)
+        The estimates of ``(H + damping)^-1 b`` for every row b of B.
+
+    Notes
+    -----
+    The estimate converges like ``(1 - lambda_min / scale)^depth`` (lambda_min the smallest
+    eigenvalue of the damped Hessian) and, with minibatches, keeps fluctuating around its limit.
+    The settling check compares window *means*, which average the fluctuation away but keep a
+    drift, so it flags a recursion stopped too early rather than one that is only noisy. Along one
+    slow direction whose remaining relative error is e, the change is about
+    ``e^(1/2) / ((1 + e^(1/4)) (1 + e^(1/2)))``, whatever the convergence rate: ``tol=0.1`` flags
+    e above about 3%.
     """
     g = torch.Generator().manual_seed(seed)
     h = B.clone()
     start = float(B.norm())
+    # two windows of `window` steps at the end; step 0 (h = B) counts, so depth >= 1 has both
+    window = max(1, depth // 4)
+    earlier, later = torch.zeros_like(B), torch.zeros_like(B)
     for step in range(depth):
+        if step >= depth + 1 - 2 * window:
+            (earlier if step < depth + 1 - window else later).add_(h)
         j = int(torch.randint(n_batches, (1,), generator=g))
         h = B + (1 - damping / scale) * h - matvec_batch(h, j) / scale
         size = float(h.norm())
@@ -201,6 +243,17 @@ def lissa(
                 "the largest eigenvalue of the (minibatch) Hessian. Raise lissa_scale (e.g. 2x), add damping, or "
                 "use solver='cg'."
             )
+    later.add_(h)
+    change = float((later - earlier).norm() / later.norm().clamp_min(torch.finfo(B.dtype).tiny))
+    if change > tol:
+        warnings.warn(
+            f"LiSSA has not settled after {depth} steps: the mean estimate over the last {window} steps differs "
+            f"from the mean over the {window} before by {change:.2g} (relative; tolerance {tol:g}). Raise "
+            "lissa_depth (the recursion needs about lissa_scale / smallest eigenvalue steps; damping bounds that), "
+            "raise lissa_scale if the estimate oscillates, or use solver='cg'.",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
     return h / scale
 
 
