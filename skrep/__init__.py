@@ -5,19 +5,52 @@ on test points, ``score`` for model selection. See shared/DESIGN.md for the arch
 """
 
 from ._version import __version__
-from .adapters import LinearAdapter, TorchAdapter, make_adapter
+from .adapters import (
+    GradientBoostingAdapter,
+    LinearAdapter,
+    SKLearnMLPAdapter,
+    TorchAdapter,
+    XGBoostAdapter,
+    make_adapter,
+)
+from .cleaning import CleanLabelsClassifier, LabelCleaner
 from .explainers import BaseExplainer, InfluenceFunctions, RepresenterLJE, RepresenterPoints, TracIn
 from .explanation import Explanation
+from .neurons import (
+    ClassDoI,
+    ClassQoI,
+    ComparativeQoI,
+    GaussianDoI,
+    LinearPathDoI,
+    NeuronInfluence,
+    PointDoI,
+    Slice,
+)
+from .selection import RepresenterSelector
 
 __all__ = [
     "BaseExplainer",
+    "ClassDoI",
+    "ClassQoI",
+    "CleanLabelsClassifier",
+    "ComparativeQoI",
     "Explanation",
+    "GaussianDoI",
+    "GradientBoostingAdapter",
     "InfluenceFunctions",
+    "LabelCleaner",
     "LinearAdapter",
+    "LinearPathDoI",
+    "NeuronInfluence",
+    "PointDoI",
     "RepresenterLJE",
     "RepresenterPoints",
+    "RepresenterSelector",
+    "SKLearnMLPAdapter",
+    "Slice",
     "TorchAdapter",
     "TracIn",
+    "XGBoostAdapter",
     "__version__",
     "make_adapter",
 ]

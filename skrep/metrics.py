@@ -13,8 +13,15 @@ from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
 from sklearn.utils import _safe_indexing
 
 from .adapters import encode_labels, make_adapter
+from .neurons.experts import expert_precision_recall
 
-__all__ = ["deletion_curve", "label_fix_accuracy", "loo_correlation", "mislabel_detection"]
+__all__ = [
+    "deletion_curve",
+    "expert_precision_recall",
+    "label_fix_accuracy",
+    "loo_correlation",
+    "mislabel_detection",
+]
 
 
 def _test_losses(model: Any, X: Any, y: Any) -> np.ndarray:

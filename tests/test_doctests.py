@@ -10,7 +10,7 @@ import skrep
 
 MODULES = sorted(m.name for m in pkgutil.walk_packages(skrep.__path__, "skrep."))
 # modules whose examples draw need the optional matplotlib
-NEEDS_MATPLOTLIB = {"skrep.plotting", "skrep.explanation", "skrep.report"}
+NEEDS_MATPLOTLIB = {"skrep.plotting", "skrep.explanation", "skrep.report", "skrep.neurons.plotting"}
 
 
 @pytest.mark.parametrize("name", MODULES)

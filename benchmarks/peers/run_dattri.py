@@ -15,7 +15,7 @@ Two settings follow from its code, not from taste:
   ``attribute`` re-solves for every (train batch, test batch) pair, so the training points are
   attributed in ``--train-batch`` sized batches (default: all at once, one solve).
 
-Usage: python run_dattri.py WORKDIR OUT [--max-iter 50] [--train-batch N]
+Usage: python run_dattri.py WORKDIR OUT [--max-iter 50] [--train-batch N] [--mode rev-fwd] [--n-test N]
 """
 
 from __future__ import annotations
@@ -37,10 +37,14 @@ def main() -> None:
     p.add_argument("out")
     p.add_argument("--max-iter", type=int, default=50)
     p.add_argument("--train-batch", type=int, default=0, help="0: all training points in one batch")
+    p.add_argument("--n-test", type=int, default=0, help="explain only the first N test points (0: all)")
+    p.add_argument("--mode", default="rev-rev", choices=["rev-rev", "rev-fwd"], help="its HVP autodiff mode")
     a = p.parse_args()
     watch = Stopwatch()
     spec, model, X, y, Xt, yt = load(a.workdir)
     n = len(X)
+    if a.n_test:
+        Xt, yt = Xt[: a.n_test], yt[: a.n_test]
 
     def loss_func(params, data):
         x, t = data
@@ -49,7 +53,7 @@ def main() -> None:
     with watch("fit"):
         task = AttributionTask(loss_func=loss_func, model=model, checkpoints=model.state_dict())
         attributor = IFAttributorCG(
-            task=task, device="cpu", max_iter=a.max_iter, regularization=spec["l2"] + spec["damping"]
+            task=task, device="cpu", max_iter=a.max_iter, mode=a.mode, regularization=spec["l2"] + spec["damping"]
         )
         attributor.cache(DataLoader(TensorDataset(X, y), batch_size=n, shuffle=False))
     with watch("attribute"):
@@ -58,8 +62,9 @@ def main() -> None:
             DataLoader(TensorDataset(Xt, yt), batch_size=len(Xt), shuffle=False),
         )
     info = {
-        "method": f"dattri IFAttributorCG(max_iter={a.max_iter}, mode='rev-rev')",
+        "method": f"dattri IFAttributorCG(max_iter={a.max_iter}, mode={a.mode!r}), train batch {a.train_batch or n}",
         "version": version("dattri"),
+        "n_test": len(Xt),
         "compute_s": sum(watch.laps.values()),
         "laps_s": watch.laps,
     }
