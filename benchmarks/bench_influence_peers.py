@@ -24,9 +24,10 @@ and the results then also quote times extrapolated linearly to --n-test-target t
 
 dattri's CG runs a fixed number of iterations and pyDVL's stop rule is not relative to each
 test point (see their runners), so both get --peer-cg-iters iterations per test point. dattri runs
-three times: with all training points in one batch (its fastest: one CG solve), in batches of
-5,000 (its attribute() then re-solves for every batch), and, as both exceed 16 GB here, on the
-first test point only in batches of 2,000 (reduced work: compare its time per test point).
+as documented with all training points in one batch (its fastest: one CG solve), in batches of
+5,000 (its attribute() then re-solves for every batch) and, for one test point, of 2,000; all
+three exceed 16 GB, because its CG keeps autograd graphs. So it runs once more under
+torch.no_grad(), in batches of 5,000.
 
 The peers' environments (pip's ``-c`` keeps the torch that is already there):
 
@@ -88,6 +89,7 @@ def parse_args() -> argparse.Namespace:
         help="keep the workload and each run's values here (default: a temporary directory); a later call "
         "with the same --workdir reuses the trained model and the runs it does not (re)run",
     )
+    p.add_argument("--note", action="append", default=[], help="an observation to record with the results")
     p.add_argument("--quick", action="store_true", help="a tiny workload to check the conventions")
     a = p.parse_args()
     if a.quick:
@@ -228,9 +230,9 @@ def main() -> None:
     runs = {
         "reference": ([str(here), str(PEERS / "run_reference.py")], ["--tol", str(a.ref_tol)]),
         "skrep_cg": ([str(here), str(PEERS / "run_skrep.py")], ["--cg-tol", str(a.cg_tol)]),
-        # dattri: all training points in one batch (one CG solve), then in batches of 5,000 (its
-        # attribute() re-solves per batch); both exceed 16 GB here, its CG over 10 test points at
-        # once being the larger part, so the last run explains one test point only
+        # dattri as documented (all training points in one batch: one CG solve; in batches its
+        # attribute() re-solves per batch) exceeds 16 GB here, even for one test point, as its CG
+        # keeps autograd graphs; under torch.no_grad() it does not (see run_dattri.py)
         "dattri_cg": ([a.dattri_python, str(PEERS / "run_dattri.py")], ["--max-iter", iters]),
         "dattri_cg_train_batch_5000": (
             [a.dattri_python, str(PEERS / "run_dattri.py")],
@@ -239,6 +241,11 @@ def main() -> None:
         "dattri_cg_1_test_train_batch_2000": (
             [a.dattri_python, str(PEERS / "run_dattri.py")],
             ["--max-iter", iters, "--train-batch", "2000", "--n-test", "1"],
+        ),
+        # its per-sample gradients of 10,000 points at once peak near 4 x 4.2 GB: in two batches
+        "dattri_cg_no_grad_train_batch_5000": (
+            [a.dattri_python, str(PEERS / "run_dattri.py")],
+            ["--max-iter", iters, "--train-batch", "5000", "--no-grad"],
         ),
         "pydvl_cg": ([a.pydvl_python, str(PEERS / "run_pydvl.py")], ["--maxiter", iters]),
         "pydvl_block_cg": ([a.pydvl_python, str(PEERS / "run_pydvl.py")], ["--maxiter", iters, "--block"]),
@@ -303,6 +310,7 @@ def main() -> None:
         "times": "compute_s: measured inside the run from loaded model to values; wall_s and peak_rss_mb: "
         "the whole subprocess (interpreter start, imports, loading) measured from outside",
         "machine_note": "2-core CPU shared with other jobs during the run: timings are noisy",
+        "notes": a.note,
     }
     explicit_gb = res["workload"]["n_params"] ** 2 * 4 / 2**30
     res["not_run"] = {
@@ -329,24 +337,27 @@ def markdown(res: dict, cpu: str) -> str:
         f"{cpu}. Reference: {s['reference']}.",
         "",
         "| run | versions | test points | compute (s) | per test point (s) | wall (s) | peak RSS (MB) "
-        "| Pearson vs reference | note |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+        "| Pearson vs reference | relative error | note |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name, r in res["runs"].items():
         if "failed" in r:
             wall, rss = (f"{r[k]:{f}}" if k in r else "-" for k, f in (("wall_s", ".1f"), ("peak_rss_mb", ".0f")))
             why = r["failed"][:240].replace("\n", " ")
             version = res["versions"].get(name, "")
-            lines.append(f"| {name} | {version} | - | - | - | {wall} | {rss} | - | failed: {why} |")
+            lines.append(f"| {name} | {version} | - | - | - | {wall} | {rss} | - | - | failed: {why} |")
             continue
         pearson = f"{r['pearson_vs_reference']:.6f}" if "pearson_vs_reference" in r else "-"
+        error = f"{r['relative_error_vs_reference']:.1e}" if "relative_error_vs_reference" in r else "-"
         note = r["method"] + (f", {r['cg_iterations']} iterations" if "cg_iterations" in r else "")
         lines.append(
             f"| {name} | {res['versions'].get(name, '')} | {r['n_test']} | {r['compute_s']:.1f} "
-            f"| {r['compute_s_per_test_point']:.1f} | {r['wall_s']:.1f} | {r['peak_rss_mb']:.0f} | {pearson} | {note} |"
+            f"| {r['compute_s_per_test_point']:.1f} | {r['wall_s']:.1f} | {r['peak_rss_mb']:.0f} | {pearson} | {error} "
+            f"| {note} |"
         )
-    lines += [f"| {name} | | - | - | - | - | - | - | not run: {why} |" for name, why in res["not_run"].items()]
-    lines += ["", s["times"] + ".", s["machine_note"] + "."]
+    lines += [f"| {name} | | - | - | - | - | - | - | - | not run: {why} |" for name, why in res["not_run"].items()]
+    lines += ["", "Relative error: ||values - reference|| / ||reference|| (Frobenius).", s["times"] + "."]
+    lines += [s["machine_note"] + "."] + s["notes"]
     if s["n_explain"] != s["n_test_target"]:
         lines.append(
             f"For {s['n_test_target']} test points, the JSON extrapolates compute times linearly from the test "

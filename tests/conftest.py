@@ -1,6 +1,7 @@
 import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
+from threadpoolctl import threadpool_limits
 
 from skrep.demo import load_digits_data, train_mlp
 
@@ -24,3 +25,13 @@ def digits_logreg(digits):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules of many tiny fits: thread pools (BLAS, torch) cost more than they give there."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(1):
+        yield
+    torch.set_num_threads(threads)

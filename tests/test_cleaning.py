@@ -10,22 +10,13 @@ from sklearn.model_selection import GridSearchCV, cross_val_score
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
-from threadpoolctl import threadpool_limits
 
 import skrep.adapters
 from skrep import InfluenceFunctions, RepresenterLJE, RepresenterPoints, TracIn
 from skrep.cleaning import CleanLabelsClassifier, LabelCleaner
 from skrep.demo import load_digits_data
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # small models: thread pools (BLAS, torch) cost more than they give on a shared 2-core machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

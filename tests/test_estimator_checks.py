@@ -15,7 +15,6 @@ from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, KFold
 from sklearn.utils.estimator_checks import parametrize_with_checks
-from threadpoolctl import threadpool_limits
 from torch import nn
 
 from skrep import InfluenceFunctions, RepresenterLJE, RepresenterPoints, TracIn
@@ -23,15 +22,7 @@ from skrep.cleaning import CleanLabelsClassifier, LabelCleaner
 from skrep.demo import load_digits_data, train_mlp
 from skrep.selection import RepresenterSelector
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # the checks fit hundreds of tiny models: thread pools (BLAS, torch) cost more than they give
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class AnyWidth(nn.Module):

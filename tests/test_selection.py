@@ -2,24 +2,14 @@
 
 import numpy as np
 import pytest
-import torch
 from sklearn.linear_model import LogisticRegression
-from threadpoolctl import threadpool_limits
 
 import skrep.selection
 from skrep import InfluenceFunctions, RepresenterPoints
 from skrep.demo import load_digits_data
 from skrep.selection import RepresenterSelector, _stratified_top
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # small models: thread pools (BLAS, torch) cost more than they give on a shared 2-core machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

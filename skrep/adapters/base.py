@@ -10,7 +10,7 @@ import torch
 from ..kernels.leaves import LeafMatrix
 from ..losses import Loss
 
-__all__ = ["LastLayer", "encode_labels"]
+__all__ = ["LastLayer", "check_features", "encode_labels"]
 
 
 @runtime_checkable
@@ -69,6 +69,26 @@ class LastLayer(Protocol):
         None when the model does not carry it (a torch module: weight decay belongs to the
         optimizer); a ValueError when the model's objective is not of this form.
         """
+
+
+def check_features(
+    X: Any, n_features: int, transform: Any = None, dtype: Any = np.float64, allow_nan: bool = False
+) -> np.ndarray:
+    """X as a 2-d array with the model's number of columns, after a pipeline's preceding steps.
+
+    NaN is accepted only with ``allow_nan`` (trees route it); infinity never.
+    """
+    from sklearn.utils import check_array
+
+    if transform is not None:
+        X = transform.transform(X)
+    X = check_array(X, dtype=dtype, input_name="X", ensure_all_finite="allow-nan" if allow_nan else True)
+    if X.shape[1] != n_features:
+        raise ValueError(
+            f"X has {X.shape[1]} features but the model was fitted with {n_features}; "
+            "pass data with the model's columns."
+        )
+    return X
 
 
 def encode_labels(y: Any, classes: np.ndarray | None, name: str = "y") -> torch.Tensor:

@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 from sklearn.dummy import DummyClassifier, DummyRegressor
 from sklearn.ensemble import GradientBoostingClassifier, GradientBoostingRegressor
-from sklearn.utils import check_array
 from sklearn.utils.validation import check_is_fitted
 
 from ..losses import get_loss
+from .base import check_features
 from .trees import TreeEnsembleAdapter
 
 __all__ = ["GradientBoostingAdapter"]
@@ -93,13 +93,7 @@ class GradientBoostingAdapter(TreeEnsembleAdapter):
         return None
 
     def _check_X(self, X: Any) -> np.ndarray:
-        X = check_array(X, dtype=np.float32, ensure_all_finite="allow-nan", input_name="X")
-        if X.shape[1] != self.n_features_in_:
-            raise ValueError(
-                f"X has {X.shape[1]} features but the model was fitted with {self.n_features_in_}; "
-                "pass data with the model's columns."
-            )
-        return X
+        return check_features(X, self.n_features_in_, dtype=np.float32, allow_nan=True)
 
     def _leaf_nodes(self, X: np.ndarray) -> np.ndarray:
         try:

@@ -9,10 +9,10 @@ import torch
 from sklearn.base import BaseEstimator
 from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge, SGDClassifier
 from sklearn.pipeline import Pipeline
-from sklearn.utils import check_array
 from sklearn.utils.validation import check_is_fitted
 
 from ..losses import Loss, get_loss
+from .base import check_features
 
 __all__ = ["LinearAdapter", "SUPPORTED_LINEAR"]
 
@@ -118,15 +118,7 @@ class LinearAdapter:
         return 0.0
 
     def _inputs(self, X: Any) -> np.ndarray:
-        if self.transform is not None:
-            X = self.transform.transform(X)
-        X = check_array(X, dtype=np.float64, input_name="X", accept_sparse=False)
-        if X.shape[1] != self.n_features_in_:
-            raise ValueError(
-                f"X has {X.shape[1]} features but the model was fitted with "
-                f"{self.n_features_in_}; pass data with the model's columns."
-            )
-        return X
+        return check_features(X, self.n_features_in_, self.transform)
 
     def forward(self, X: Any, return_labels: bool = False) -> Any:
         X = self._inputs(X)

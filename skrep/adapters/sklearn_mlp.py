@@ -12,10 +12,10 @@ import numpy as np
 import torch
 from sklearn.neural_network import MLPClassifier
 from sklearn.neural_network._base import ACTIVATIONS
-from sklearn.utils import check_array
 from sklearn.utils.validation import check_is_fitted
 
 from ..losses import Loss, get_loss
+from .base import check_features
 from .linear import _split_pipeline
 
 __all__ = ["SKLearnMLPAdapter", "SUPPORTED_MLP"]
@@ -106,15 +106,7 @@ class SKLearnMLPAdapter:
         return float(est.alpha) / m
 
     def _inputs(self, X: Any) -> np.ndarray:
-        if self.transform is not None:
-            X = self.transform.transform(X)
-        X = check_array(X, dtype=np.float64, input_name="X", accept_sparse=False)
-        if X.shape[1] != self.n_features_in_:
-            raise ValueError(
-                f"X has {X.shape[1]} features but the model was fitted with "
-                f"{self.n_features_in_}; pass data with the model's columns."
-            )
-        return X
+        return check_features(X, self.n_features_in_, self.transform)
 
     def features(self, X: Any) -> torch.Tensor:
         a = self._inputs(X)

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..losses import get_loss
+from .base import check_features
 from .trees import TreeEnsembleAdapter
 
 __all__ = ["XGBoostAdapter", "is_xgboost_model"]
@@ -149,17 +150,7 @@ class XGBoostAdapter(TreeEnsembleAdapter):
             if X.shape[1] != self.n_features_in_:
                 raise ValueError(f"X has {X.shape[1]} columns but the model was fitted with {self.n_features_in_}.")
             return X
-        from sklearn.utils import check_array
-
-        X = check_array(X, dtype=np.float32, ensure_all_finite="allow-nan", input_name="X")
-        if np.isinf(X).any():
-            raise ValueError("X contains infinity; use NaN for a missing value (trees route it by default).")
-        if X.shape[1] != self.n_features_in_:
-            raise ValueError(
-                f"X has {X.shape[1]} features but the model was fitted with {self.n_features_in_}; "
-                "pass data with the model's columns."
-            )
-        return X
+        return check_features(X, self.n_features_in_, dtype=np.float32, allow_nan=True)
 
     def _dmatrix(self, X: Any) -> Any:
         import xgboost

@@ -69,7 +69,8 @@ class RepresenterLJE(SensitivityMapsMixin, HeadObjectiveMixin, BaseExplainer):
     solver : {'auto', 'explicit', 'cg'}, default='auto'
         'explicit' builds H (d k x d k) and stores W_i for every training point (memory
         n k d); 'cg' keeps only training gradients and solves for each explained test point
-        by conjugate gradient (explain then costs k times more). 'auto': explicit when
+        by conjugate gradient (explain then costs k times more, and ``self_influence`` one solve
+        per training point). 'auto': explicit when
         ``d k <= explicit_max`` and the n k d values fit in ``max_dense_bytes``.
     explicit_max : int, default=8192
     cg_tol : float, default=1e-6
