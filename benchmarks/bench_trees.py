@@ -41,6 +41,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--small", action="store_true")
     parser.add_argument("--peer-test", type=int, default=100)
+    parser.add_argument("--skip-peer-self", action="store_true", help="skip BoostIn's self-influence (slow)")
     args = parser.parse_args()
     n_train, n_trees = (10_000, 100) if args.small else (100_000, 500)
     n_test = 1000
@@ -107,7 +108,7 @@ def main() -> None:
             )
             cmd = [str(PEER_PYTHON), str(RUNNER), "--model", f"{tmp}/m.json", "--data", f"{tmp}/d.npz"]
             cmd += ["--methods", "boostin", "--top-k", "10", "--out", f"{tmp}/o.npz", "--max-seconds", "3000"]
-            cmd += ["--xgb-params", f"{tmp}/params.json"]
+            cmd += ["--xgb-params", f"{tmp}/params.json"] + (["--skip-self"] if args.skip_peer_self else [])
             subprocess.run(cmd, check=False)
             out = np.load(f"{tmp}/o.npz", allow_pickle=True)
             peer = {k[len("boostin_") :]: out[k] for k in out.files if k.startswith("boostin_")}
@@ -121,8 +122,10 @@ def main() -> None:
                     local_s_measured=float(peer["local_s"]),
                     local_s_scaled_to_full_test=local,
                     total_s=float(peer["fit_s"]) + local,
-                    self_s=float(peer["self_s"]),
-                    found_at_10=found_at(np.asarray(peer["self_influence"], dtype=float), flipped),
+                    self_s=None if args.skip_peer_self else float(peer["self_s"]),
+                    found_at_10=None
+                    if args.skip_peer_self
+                    else found_at(np.asarray(peer["self_influence"], dtype=float), flipped),
                     peak_rss_gb=float(peer["peak_rss_mb"]) / 1024,
                 )
                 results["speedup_rps_vs_boostin"] = results["boostin"]["total_s"] / ours["rps"]["total_s"]

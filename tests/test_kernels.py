@@ -1,13 +1,16 @@
 """Kernels against explicit float64 computations."""
 
+import warnings
+
 import numpy as np
 import pytest
 import scipy.optimize as scipy_opt
 import torch
+from sklearn.exceptions import ConvergenceWarning
 
 from skrep.kernels import Dense, Factored, dense_scores, pair_block, pair_rows, stream_topk, total
 from skrep.kernels.head import HeadObjective, newton_solve
-from skrep.kernels.solvers import conjugate_gradient
+from skrep.kernels.solvers import batched_conjugate_gradient, conjugate_gradient
 from skrep.losses import get_loss
 
 
@@ -123,3 +126,16 @@ def test_newton_solve_reaches_scipy_minimum():
         fun, np.zeros(24), jac=True, method="L-BFGS-B", options={"gtol": 1e-12, "ftol": 0, "maxiter": 10000}
     )
     np.testing.assert_allclose(theta.numpy().ravel(), ref.x, rtol=1e-5, atol=1e-6)
+
+
+def test_batched_cg_warns_when_it_stops_short():
+    torch.manual_seed(0)
+    Q, _ = torch.linalg.qr(torch.randn(30, 30, dtype=torch.float64))
+    A = Q @ torch.diag(torch.logspace(0, 6, 30, dtype=torch.float64)) @ Q.T
+    B = torch.randn(3, 30, dtype=torch.float64)
+    with pytest.warns(ConvergenceWarning, match="max_iter=3"):
+        X, _ = batched_conjugate_gradient(lambda V: V @ A, B, rtol=1e-10, max_iter=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        X, _ = batched_conjugate_gradient(lambda V: V @ A, B, rtol=1e-10, max_iter=200)
+    torch.testing.assert_close(X, torch.linalg.solve(A, B.T).T, rtol=1e-6, atol=1e-8)

@@ -14,9 +14,11 @@ change. The same sign and scale hold for every solver:
   Cholesky; when H is singular (the softmax shift, dead units) or, for a network away from a
   minimum, indefinite, it is inverted on its positive eigenspace, with a warning that says how
   much of the training gradients was dropped (raise ``damping`` then);
-- ``cg``: batched conjugate gradient on the test gradients, matrix-free;
+- ``cg``: batched conjugate gradient on the test gradients, matrix-free (a ConvergenceWarning
+  with the residual reached when it stops at its iteration cap);
 - ``lissa``: the stochastic Neumann recursion, with its scale checked against the largest
-  eigenvalue and a clear error when it diverges;
+  eigenvalue, a clear error when it diverges and a ConvergenceWarning when it has not settled
+  by ``lissa_depth``;
 - ``arnoldi``: H^-1 restricted to its top ``rank`` eigenpairs (Schioppa et al. 2022), by Lanczos;
 - ``sketch``: the randomized inverse-Hessian sketch of the TracIn paper's appendix.
 

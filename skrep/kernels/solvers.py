@@ -129,6 +129,16 @@ def batched_conjugate_gradient(
         rz_new = dot(R, Z)
         P = Z + torch.where(active, rz_new / torch.where(rz == 0, torch.ones_like(rz), rz), 0) * P
         rz = rz_new
+    left = ~done & (R.reshape(m, -1).norm(dim=1) > stop).reshape_as(rz)
+    if bool(left.any()):
+        worst = float((R.reshape(m, -1).norm(dim=1) / B.reshape(m, -1).norm(dim=1).clamp_min(1e-300)).max())
+        warnings.warn(
+            f"Conjugate gradient stopped at max_iter={max_iter} with {int(left.sum())} of {m} systems above "
+            f"rtol={rtol:g} (worst relative residual {worst:.3g}): the solutions are that inexact. Add damping "
+            "for a better conditioned system, or loosen the tolerance (cg_tol).",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
     return X, it
 
 
