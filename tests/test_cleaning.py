@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+import xgboost
 from sklearn.base import clone
 from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
@@ -188,9 +189,7 @@ def test_mlp_estimator_is_explained_through_its_last_hidden_layer(noisy):
     assert clf.flagged_.sum() == 15
 
 
-@pytest.mark.skipif(not hasattr(skrep.adapters, "XGBoostAdapter"), reason="XGBoostAdapter not yet in skrep.adapters")
 def test_xgboost_estimator(noisy):
-    xgboost = pytest.importorskip("xgboost")
     X, y, wrong = noisy
     xgb = xgboost.XGBClassifier(n_estimators=20, max_depth=3, n_jobs=1, random_state=0)
     clf = CleanLabelsClassifier(xgb, RepresenterPoints(None, refit_on="labels"), fraction=0.1).fit(X, y)

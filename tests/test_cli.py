@@ -9,10 +9,11 @@ from html.parser import HTMLParser
 import joblib
 import numpy as np
 import pytest
+import torch
+import xgboost
 from sklearn.datasets import make_classification
 from sklearn.linear_model import LogisticRegression
 
-import skrep.adapters
 from skrep.cli import main
 
 COLUMNS = ["test_id", "explained", "kind", "rank", "train_id", "train_label", "value"]
@@ -170,10 +171,8 @@ def test_usage_errors_exit_2(capsys):
     assert exit_info.value.code == 2 and "invalid choice" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not hasattr(skrep.adapters, "XGBoostAdapter"), reason="skrep.adapters has no XGBoostAdapter yet")
 @pytest.mark.parametrize("suffix", ["json", "ubj"])
 def test_explain_an_xgboost_model_file(tmp_path, suffix):
-    xgboost = pytest.importorskip("xgboost")
     X, y = make_classification(90, 4, n_informative=3, n_redundant=0, n_classes=3, random_state=0)
     names = ["f0", "f1", "f2", "f3"]
     model = xgboost.XGBClassifier(n_estimators=8, max_depth=3).fit(X[:80], y[:80])
@@ -192,7 +191,6 @@ def test_explain_an_xgboost_model_file(tmp_path, suffix):
 
 
 def test_tracin_on_a_saved_torch_network(tabular, tmp_path):
-    torch = pytest.importorskip("torch")
     from skrep.demo import make_mlp, train_classifier
 
     # the network's classes are 0 / 1: relabel the CSVs

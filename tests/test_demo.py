@@ -12,8 +12,6 @@ import pytest
 from skrep import Explanation
 from skrep.cli import main
 
-pytest.importorskip("matplotlib")
-
 VOID = {"meta", "img", "br", "hr", "link", "input"}
 
 

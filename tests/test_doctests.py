@@ -9,14 +9,10 @@ import pytest
 import skrep
 
 MODULES = sorted(m.name for m in pkgutil.walk_packages(skrep.__path__, "skrep."))
-# modules whose examples draw need the optional matplotlib
-NEEDS_MATPLOTLIB = {"skrep.plotting", "skrep.explanation", "skrep.report", "skrep.neurons.plotting"}
 
 
 @pytest.mark.parametrize("name", MODULES)
 def test_docstring_examples(name):
-    if name in NEEDS_MATPLOTLIB:
-        pytest.importorskip("matplotlib")
     module = importlib.import_module(name)
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0, f"{result.failed} of {result.attempted} docstring examples of {name} failed (see stdout)"

@@ -266,7 +266,6 @@ def test_visualize_with_a_path_is_complete_for_the_neuron(digits, digits_mlp):
 
 
 def test_plot_image_grid_writes_a_png(tmp_path, digits):
-    pytest.importorskip("matplotlib")
     path = tmp_path / "grid.png"
     fig = plot_image_grid(
         [[digits.X_test[0], digits.X_test[1] - digits.X_test[0]], [None, digits.X_test[2]]],
