@@ -3,7 +3,8 @@
 The cleaning and selection estimators pass every check. The explainers explain one trained
 model, so the checks run them on a torch model that takes inputs of any width (a linear head on
 the mean and the maximum of the columns), which lets the checks fit them on their own data sets.
-The checks they fail are listed in ``EXPLAINER_EXPECTED_FAILURES`` with the reason.
+The checks they cannot pass, because they explain one fixed model, are listed in
+``EXPLAINER_EXPECTED_FAILURES`` with the reason.
 """
 
 import copy
@@ -41,7 +42,7 @@ class AnyWidth(nn.Module):
 
 _NET = AnyWidth()
 
-# Checks the explainers fail, and why. "change" marks those a change to the explainers would fix.
+# Checks the explainers fail by design, and why.
 EXPLAINER_EXPECTED_FAILURES = {
     "check_estimators_overwrite_params": (
         "compares joblib.hash of each parameter with that of a deep copy; a deep copy of a torch "
@@ -52,25 +53,9 @@ EXPLAINER_EXPECTED_FAILURES = {
         "integer X reaches the torch model as integers (they may be token ids for nn.Embedding); "
         "this model's mean() refuses them"
     ),
-    "check_n_features_in": "change: fit does not set n_features_in_ (BaseExplainer._fit)",
-    "check_n_features_in_after_fitting": (
-        "change: no n_features_in_, and a width mismatch at explain/score is reported in skrep's "
-        "words, not sklearn's 'X has 3 features, but ... is expecting 4 features as input'"
-    ),
-    "check_complex_data": (
-        "change: complex X raises TypeError('X must be a real numeric array'), the check wants "
-        "ValueError('Complex data not supported') (TorchAdapter)"
-    ),
     "check_dtype_object": (
-        "change: an object array of numbers is refused ('X must be numeric') instead of converted (TorchAdapter)"
-    ),
-    "check_estimators_empty_data_messages": (
-        "change: X with 0 columns reaches the model instead of failing check_array's "
-        "'0 feature(s) (shape=(n, 0)) while a minimum of 1 is required' (BaseExplainer._fit)"
-    ),
-    "check_requires_y_none": (
-        "change: fit(X, None) says 'fit needs y', the check wants 'requires y to be passed, but "
-        "the target y is None' (BaseExplainer._fit)"
+        "an object X is refused as non-numeric (tests/test_validation.py::test_bad_dtypes), and the "
+        "check's y holds labels beyond the 3 classes of the fixed model being explained"
     ),
 }
 

@@ -325,10 +325,14 @@ def _as_tensor(X: Any, dtype: torch.dtype) -> torch.Tensor:
         if a.dtype.kind in "OUSV" or a.dtype == np.bool_:
             raise TypeError(f"X must be numeric; got an array of dtype {a.dtype}.")
         t = torch.from_numpy(np.ascontiguousarray(a))
-    if t.dtype == torch.bool or t.is_complex():
+    if t.is_complex():
+        raise ValueError("Complex data not supported: X must hold real numbers.")
+    if t.dtype == torch.bool:
         raise TypeError(f"X must be a real numeric array or tensor; got dtype {t.dtype}.")
     if t.ndim == 0 or len(t) == 0:
         raise ValueError(f"X must hold at least one sample; got shape {tuple(t.shape)}.")
+    if t.ndim == 2 and t.shape[1] == 0:
+        raise ValueError(f"0 feature(s) (shape={tuple(t.shape)}) while a minimum of 1 is required: X has no columns.")
     if t.is_floating_point():
         if not torch.isfinite(t).all():
             raise ValueError("X contains NaN or infinity; remove or impute those samples first.")

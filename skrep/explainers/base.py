@@ -99,13 +99,19 @@ class BaseExplainer(BaseEstimator):
     def _forward(self, X: Any, fitted: bool) -> tuple[torch.Tensor, torch.Tensor, np.ndarray | None]:
         shape = _sample_shape(X)
         if fitted and shape is not None and self._sample_shape_ is not None and shape != self._sample_shape_:
+            # sklearn's wording for the width, then the full sample shapes (images, sequences)
+            width = f"X has {shape[0] if shape else 0} features, but {type(self).__name__} is expecting " + (
+                f"{self._sample_shape_[0] if self._sample_shape_ else 0} features as input: "
+            )
             raise ValueError(
-                f"X has samples of shape {shape} but the explainer was fitted on samples of "
-                f"shape {self._sample_shape_}; pass data with the training data's layout."
+                f"{width}samples of shape {shape}, fitted on samples of shape {self._sample_shape_}; "
+                "pass data with the training data's layout."
             )
         phi, logits, labels = self.adapter_.forward(X, return_labels=True)
         if not fitted:
             self._sample_shape_ = shape
+            if shape is not None and len(shape) == 1:
+                self.n_features_in_ = shape[0]
         return phi, logits, labels
 
     def _features(self, phi: torch.Tensor) -> torch.Tensor:
@@ -188,7 +194,8 @@ class BaseExplainer(BaseEstimator):
             y = labels
         if y is None:
             raise ValueError(
-                f"{type(self).__name__}.fit needs y, the training labels (or a DataLoader whose batches are (x, y))."
+                f"{type(self).__name__} requires y to be passed, but the target y is None: fit needs y, the "
+                "training labels (or a DataLoader whose batches are (x, y))."
             )
         y_arr = np.asarray(y)
         if y_arr.ndim == 0 or len(y_arr) != len(phi):
