@@ -19,11 +19,12 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 from sklearn.base import BaseEstimator, ClassifierMixin, MetaEstimatorMixin, clone
-from sklearn.utils import _safe_indexing, check_array, check_consistent_length
+from sklearn.utils import _safe_indexing, check_array
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
+from sklearn.utils.validation import _num_samples, check_is_fitted, column_or_1d, validate_data
 
 from ._validation import check_choice, check_number
 from .explainers import BaseExplainer, InfluenceFunctions
@@ -358,11 +359,30 @@ def _check_data(owner: BaseEstimator, X: Any, y: Any) -> tuple[Any, np.ndarray]:
         raise ValueError(
             f"{type(owner).__name__} requires y to be passed, but the target y is None: pass the training labels."
         )
+    shape = getattr(X, "shape", None)
+    if X is None or (shape is not None and (len(shape) < 2 or shape[0] == 0)):
+        raise ValueError(
+            f"X must hold one row per sample, at least one; got {'None' if X is None else f'shape {shape}'}. "
+            "Pass the training samples (a single feature as X.reshape(-1, 1))."
+        )
+    if getattr(getattr(X, "dtype", None), "kind", "") == "c":
+        raise ValueError("Complex data not supported: X must hold real numbers.")
     validate_data(owner, X, skip_check_array=True)
-    # sparse formats that cannot be indexed by row become CSR; the model says whether it takes them
-    X_checked = check_array(X, accept_sparse=("csr", "csc"), dtype=None, allow_nd=True, input_name="X")
+    # sparse formats that cannot be indexed by row become CSR, and NaN passes: the model says whether it
+    # takes them (tree ensembles route NaN, the others refuse it)
+    X_checked = check_array(
+        X, accept_sparse=("csr", "csc"), dtype=None, allow_nd=True, ensure_all_finite=False, input_name="X"
+    )
+    values = X_checked.data if sp.issparse(X_checked) else X_checked
+    if values.dtype.kind == "f" and np.isinf(values).any():
+        raise ValueError("X contains infinity; remove those samples or clip their values first.")
     y = column_or_1d(y, warn=True)
-    check_consistent_length(X_checked, y)
+    if _num_samples(X_checked) != len(y):
+        raise ValueError(
+            f"y has {len(y)} labels but X has {_num_samples(X_checked)} samples; pass one label per sample."
+        )
+    if y.dtype.kind == "f" and not np.isfinite(y).all():
+        raise ValueError("y contains NaN or infinity; remove those samples or fill in their labels first.")
     return (X if hasattr(X, "iloc") else X_checked), y
 
 

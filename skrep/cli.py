@@ -275,6 +275,10 @@ def _read_table(path: str, target: str, id_column: str | None, features: list[st
     except ValueError:
         r, c = next((r, c) for r in range(len(rows)) for c in cols if not _is_number(rows[r][c]))
         raise ValueError(f"{file}, line {r + 2}, column {header[c]!r}: {rows[r][c]!r} is not a number") from None
+    # NaN is a missing value, which tree models route; infinity is valid input for no model
+    if np.isinf(X).any():
+        r, c = (int(i) for i in np.argwhere(np.isinf(X))[0])
+        raise ValueError(f"{file}, line {r + 2}, column {features[c]!r}: {rows[r][cols[c]]!r} is infinite")
     return _Table(X, y, ids, features)
 
 

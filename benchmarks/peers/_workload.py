@@ -38,6 +38,32 @@ def load(workdir: str | Path, dtype: torch.dtype = torch.float32):
     return spec, model, X_train, y_train, X_test[: spec["n_explain"]], y_test[: spec["n_explain"]]
 
 
+def warm_up() -> None:
+    """Pay torch.func's one-time start-up (its lazy imports on first use: 0.3-1.5 s) before any timing.
+
+    The first vmap / grad / jvp / vjp / jacfwd call of a process costs that whichever library makes it,
+    and a library whose import already pulls those modules in pays it before its timed window. The
+    runners' ``--warmup`` calls this on a toy network first, so every run is timed warm.
+    """
+    from torch.func import functional_call, grad, jacfwd, jacrev, jvp, vjp, vmap
+
+    net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    params = {k: v.detach() for k, v in net.named_parameters()}
+    x, t = torch.randn(5, 3), torch.randint(0, 2, (5,))
+
+    def loss(p, xb, tb):
+        return nn.functional.cross_entropy(functional_call(net, p, (xb,)), tb)
+
+    g = grad(lambda p: loss(p, x, t))
+    tangents = {k: torch.randn(2, *v.shape) for k, v in params.items()}
+    vmap(lambda v: jvp(g, (params,), (v,))[1])(tangents)
+    vmap(lambda v: vjp(g, params)[1](v)[0])(tangents)
+    vmap(grad(lambda p, xi, ti: loss(p, xi[None], ti[None])), in_dims=(None, 0, 0))(params, x, t)
+    flat = torch.cat([v.reshape(-1) for v in params.values()])
+    jacfwd(jacrev(lambda f: (f**3).sum()))(flat)
+    net(x).sum().backward()
+
+
 class Stopwatch:
     """Named wall-time laps: ``with watch("fit"): ...`` then ``watch.laps``."""
 

@@ -12,7 +12,15 @@ entry of ``torch.linalg.norm(b_matrix, dim=0)`` (a column norm, not the row's), 
 relative to the row; ``--maxiter`` bounds the iterations per test point instead (the same bound
 as dattri's). ``--block`` selects its block CG (``solve_simultaneously=True``).
 
-Usage: python run_pydvl.py WORKDIR OUT [--maxiter 50] [--block]
+``--method`` picks another of its solvers over the same operator (default ``cg``):
+``direct`` (DirectInfluence: the explicit Hessian of the batch-mean loss, averaged over the fit loader's
+batches, and ``torch.linalg.solve``), ``lissa`` (LissaInfluence: ``x <- v + (1 - dampen) x - (H_batch
++ regularization) x / scale`` on one random batch of the fit loader per step, for ``--maxiter`` steps or
+until its relative residual is below ``--rtol``; dampen 0, so the regularization enters only through
+H) and ``arnoldi`` (ArnoldiInfluence, ``--rank`` eigenpairs by scipy's ARPACK Lanczos).
+
+Usage: python run_pydvl.py WORKDIR OUT [--maxiter 50] [--block] [--method cg|direct|lissa|arnoldi]
+       [--scale S] [--rank R]
 """
 
 from __future__ import annotations
@@ -21,8 +29,8 @@ import argparse
 from importlib.metadata import version
 
 import torch
-from _workload import Stopwatch, load, save
-from pydvl.influence.torch import CgInfluence
+from _workload import Stopwatch, load, save, warm_up
+from pydvl.influence.torch import ArnoldiInfluence, CgInfluence, DirectInfluence, LissaInfluence
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -35,25 +43,54 @@ def main() -> None:
     p.add_argument("--rtol", type=float, default=1e-4)
     p.add_argument("--atol", type=float, default=1e-6)
     p.add_argument("--block", action="store_true")
+    p.add_argument("--method", default="cg", choices=["cg", "direct", "lissa", "arnoldi"])
+    p.add_argument("--scale", type=float, default=10.0, help="lissa: its 'scale' (default: its own, 10)")
+    p.add_argument("--rank", type=int, default=10, help="arnoldi: its 'rank' (default: its own, 10)")
     p.add_argument("--batch-size", type=int, default=2000, help="training points per Hessian batch")
     p.add_argument("--chunk", type=int, default=1000, help="training points per influences_from_factors call")
+    p.add_argument("--warmup", action="store_true", help="pay torch.func's start-up before timing (warm_up)")
     a = p.parse_args()
     watch = Stopwatch()
+    if a.warmup:
+        warm_up()
     spec, model, X, y, Xt, yt = load(a.workdir)
     n, batch = len(X), min(a.batch_size, len(X))
     if n % batch:
         raise ValueError("--batch-size must divide n_train: pyDVL averages the batches' Hessians unweighted.")
+    reg = spec["l2"] + spec["damping"]
     with watch("fit"):
-        influence = CgInfluence(
-            model,
-            F.cross_entropy,
-            regularization=spec["l2"] + spec["damping"],
-            rtol=a.rtol,
-            atol=a.atol,
-            maxiter=a.maxiter,
-            solve_simultaneously=a.block,
-            warn_on_max_iteration=False,
-        )
+        if a.method == "cg":
+            influence = CgInfluence(
+                model,
+                F.cross_entropy,
+                regularization=reg,
+                rtol=a.rtol,
+                atol=a.atol,
+                maxiter=a.maxiter,
+                solve_simultaneously=a.block,
+                warn_on_max_iteration=False,
+            )
+            desc = (
+                f"pyDVL CgInfluence(rtol={a.rtol:g}, atol={a.atol:g}, maxiter={a.maxiter}, "
+                f"solve_simultaneously={a.block})"
+            )
+        elif a.method == "direct":
+            influence = DirectInfluence(model, F.cross_entropy, regularization=reg)
+            desc = "pyDVL DirectInfluence()"
+        elif a.method == "lissa":
+            influence = LissaInfluence(
+                model,
+                F.cross_entropy,
+                regularization=reg,
+                maxiter=a.maxiter,
+                scale=a.scale,
+                rtol=a.rtol,
+                warn_on_max_iteration=False,
+            )
+            desc = f"pyDVL LissaInfluence(maxiter={a.maxiter}, scale={a.scale:g}, rtol={a.rtol:g}), batch {batch}"
+        else:
+            influence = ArnoldiInfluence(model, F.cross_entropy, regularization=reg, rank=a.rank)
+            desc = f"pyDVL ArnoldiInfluence(rank={a.rank})"
         influence.fit(DataLoader(TensorDataset(X, y), batch_size=batch, shuffle=False))
     with watch("influence_factors"):
         factors = influence.influence_factors(Xt, yt)
@@ -62,9 +99,7 @@ def main() -> None:
         parts = [influence.influences_from_factors(factors, X[s : s + c], y[s : s + c]) for s in range(0, n, c)]
         scores = torch.cat(parts, 1)
     info = {
-        "method": (
-            f"pyDVL CgInfluence(rtol={a.rtol:g}, atol={a.atol:g}, maxiter={a.maxiter}, solve_simultaneously={a.block})"
-        ),
+        "method": desc,
         "version": version("pydvl"),
         "compute_s": sum(watch.laps.values()),
         "laps_s": watch.laps,

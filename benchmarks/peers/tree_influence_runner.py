@@ -85,7 +85,9 @@ hyperparams_source, xgb_margin_test, parser_bias_{peer,model}, margin_max_abs_er
 leaf_value_max_abs_err_{peer,model}, parse_error_{peer,model} (if any), methods, top_k,
 intercept_mode, max_seconds, convention``; per method m: ``m_ok, m_error, m_stage, m_params,
 m_fit_s, m_local_s, m_self_s, m_wall_s (incl. process start and imports), m_peak_rss_mb,
-m_values (n_test, n_train) float32, m_topk_indices (n_test, k) int64, m_topk_values (n_test, k),
+m_values (n_test, n_train) float32, m_rss_before_fit_mb (current RSS just before fit),
+m_local_peak_rss_mb (peak RSS after the local influence, before self-influence),
+m_topk_indices (n_test, k) int64, m_topk_values (n_test, k),
 m_self_influence (n_train,), m_self_error, m_self_note, m_log, m_traceback (on error)``.
 """
 
@@ -284,6 +286,15 @@ def _peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _rss_mb():
+    """The current resident set size (Linux); NaN where /proc is missing."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return float("nan")
+
+
 def per_removal_self_influence(expl, X, y):
     """Diagonal of LeafInfluence's (LeafRefit's) local influence, one removed point at a time.
 
@@ -338,6 +349,7 @@ def worker(method, args, out_path):
 
         res["stage"] = "fit"
         _save(out_path, res)
+        res["rss_before_fit_mb"] = _rss_mb()
         t = time.perf_counter()
         expl.fit(model, X_tr, y_tr)
         res["fit_s"] = time.perf_counter() - t
@@ -355,7 +367,7 @@ def worker(method, args, out_path):
             res["topk_values"] = np.take_along_axis(vals, idx, axis=1).astype(np.float32)
             if args.full == "yes" or (args.full == "auto" and vals.size <= args.full_max_entries):
                 res["values"] = vals.astype(np.float32)
-            res["peak_rss_mb"] = _peak_rss_mb()
+            res["peak_rss_mb"] = res["local_peak_rss_mb"] = _peak_rss_mb()
 
         res["ok"] = True  # local part done; self-influence failures are recorded separately
         if not args.skip_self:

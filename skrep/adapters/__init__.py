@@ -56,11 +56,11 @@ def make_adapter(model: Any, **kwargs: Any) -> LastLayer:
     final = model.steps[-1][1] if hasattr(model, "steps") else model
     if isinstance(final, SUPPORTED_LINEAR):
         if kwargs:
-            raise TypeError(f"LinearAdapter takes no options; got {sorted(kwargs)}.")
+            raise TypeError(f"LinearAdapter takes no options; got {sorted(kwargs)}: pass the model alone.")
         return LinearAdapter(model)
     if isinstance(final, SUPPORTED_MLP):
         if kwargs:
-            raise TypeError(f"SKLearnMLPAdapter takes no options; got {sorted(kwargs)}.")
+            raise TypeError(f"SKLearnMLPAdapter takes no options; got {sorted(kwargs)}: pass the model alone.")
         return SKLearnMLPAdapter(model)
     if isinstance(model, LastLayer):
         return model

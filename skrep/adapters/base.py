@@ -80,9 +80,36 @@ def check_features(
     """
     from sklearn.utils import check_array
 
+    if X is None:
+        raise ValueError("X is None: pass the samples, a 2-D array (n_samples, n_features).")
     if transform is not None:
         X = transform.transform(X)
-    X = check_array(X, dtype=dtype, input_name="X", ensure_all_finite="allow-nan" if allow_nan else True)
+    if getattr(getattr(X, "dtype", None), "kind", "") == "c":
+        raise ValueError("Complex data not supported: X must hold real numbers.")
+    if getattr(X, "ndim", 2) != 2:
+        raise ValueError(
+            f"X must be 2-D (n_samples, n_features); got shape {tuple(X.shape)}. This model takes one row of "
+            "features per sample: reshape X (X.reshape(-1, 1) for one feature, X.reshape(1, -1) for one sample)."
+        )
+    if getattr(X, "shape", (1,))[0] == 0:
+        raise ValueError(f"X must hold at least one sample; got shape {tuple(X.shape)}.")
+    try:
+        X = check_array(X, dtype=dtype, input_name="X", ensure_all_finite=False)
+    except ValueError as e:
+        if "convert" not in str(e):
+            raise
+        raise ValueError(f"X must hold numbers ({e}); encode non-numeric columns first (e.g. OneHotEncoder).") from None
+    # checked after the cast: a float64 value beyond float32's range becomes infinity there
+    bad = ~np.isfinite(X)
+    if allow_nan:
+        bad &= ~np.isnan(X)
+    if bad.any():
+        row, col = (int(i) for i in np.argwhere(bad)[0])
+        what = "infinity (or a value too large for float32)" if allow_nan else "NaN or infinity"
+        raise ValueError(
+            f"X contains {what}, first at row {row}, column {col}; remove or impute those samples first"
+            + (" (NaN is fine: the trees route missing values)." if allow_nan else ".")
+        )
     if X.shape[1] != n_features:
         raise ValueError(
             f"X has {X.shape[1]} features but the model was fitted with {n_features}; "
@@ -119,6 +146,6 @@ def encode_labels(y: Any, classes: np.ndarray | None, name: str = "y") -> torch.
         unknown = sorted({repr(v) for v in y.tolist() if v not in index})[:5]
         raise ValueError(
             f"{name} contains labels the model does not know: {', '.join(unknown)}; "
-            f"the model's classes are {classes.tolist()[:20]}."
+            f"the model's classes are {classes.tolist()[:20]}: pass labels among them."
         ) from None
     return torch.as_tensor(codes, dtype=torch.long)

@@ -59,8 +59,8 @@ class LinearAdapter:
         if isinstance(est, SGDClassifier):
             if est.loss != "log_loss":
                 raise ValueError(
-                    f"SGDClassifier(loss={est.loss!r}) is not twice differentiable; skrep "
-                    "explains SGDClassifier(loss='log_loss')."
+                    f"SGDClassifier(loss={est.loss!r}) is not twice differentiable; refit it with "
+                    "loss='log_loss', which skrep explains."
                 )
             if coef.shape[0] > 1:
                 raise ValueError(

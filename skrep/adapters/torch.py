@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, SequentialSampler
 
 from .._progress import progress
+from .._validation import check_number
 from ..losses import Loss, get_loss
 
 __all__ = ["TorchAdapter"]
@@ -45,6 +46,9 @@ class TorchAdapter:
     ``(x, y)`` tuples (y is then available to ``fit``) or dicts of tensors passed as
     ``module(**batch)`` (a ``'labels'`` entry is taken out as y).
 
+    A float16 / bfloat16 network runs in its own precision, but its features, logits and head
+    come back in float32, so the explanations are computed in float32.
+
     Examples
     --------
     >>> import torch
@@ -65,6 +69,9 @@ class TorchAdapter:
     ):
         if not isinstance(module, nn.Module):
             raise TypeError(f"TorchAdapter needs a torch.nn.Module; got {type(module).__name__}.")
+        check_number(batch_size, "batch_size", integer=True)
+        if loss != "auto":
+            get_loss(loss)  # an unknown name is refused here, not at the first use of .loss
         self.module = module
         self.last_layer = last_layer
         self.batch_size = int(batch_size)
@@ -77,7 +84,8 @@ class TorchAdapter:
             if last_layer not in modules:
                 linear = [n for n, m in modules.items() if isinstance(m, nn.Linear)]
                 raise ValueError(
-                    f"last_layer={last_layer!r} is not a submodule of the model; its nn.Linear layers are {linear}."
+                    f"last_layer={last_layer!r} is not a submodule of the model; name one of its nn.Linear layers: "
+                    f"{linear}."
                 )
             if not isinstance(modules[last_layer], nn.Linear):
                 raise TypeError(
@@ -105,12 +113,12 @@ class TorchAdapter:
 
     @property
     def weight(self) -> torch.Tensor:
-        return self.head.weight.detach().T
+        return _widen(self.head.weight.detach().T)
 
     @property
     def bias(self) -> torch.Tensor:
         b = self.head.bias
-        return (
+        return _widen(
             b.detach() if b is not None else torch.zeros(self.head.out_features, dtype=self.dtype, device=self.device)
         )
 
@@ -205,8 +213,10 @@ class TorchAdapter:
             ) from e
         if not isinstance(out, torch.Tensor) or out.ndim != 2:
             what = type(out).__name__ if not isinstance(out, torch.Tensor) else f"a tensor of shape {tuple(out.shape)}"
+            shape = {k: tuple(v.shape) for k, v in x.items()} if isinstance(x, Mapping) else tuple(x.shape)
             raise ValueError(
-                f"The model returned {what}; skrep needs logits of shape (batch, k) produced by a final nn.Linear."
+                f"The model returned {what} for a batch of X of shape {shape}; skrep needs logits of shape "
+                "(batch, k) produced by a final nn.Linear. Check that X has the layout the model expects."
             )
         return out
 
@@ -234,14 +244,21 @@ class TorchAdapter:
                 f"The head {self._head_name!r} receives input of shape {tuple(phi.shape)}; "
                 "it must receive one feature vector per sample (batch, d)."
             )
-        expected = phi @ self.weight + self.bias
-        if out.shape != expected.shape or not torch.allclose(out, expected, rtol=1e-4, atol=1e-5):
+        expected = _widen(phi) @ self.weight + self.bias
+        if phi.dtype in _LOW_PRECISION:
+            # the model's own product rounds each term to its precision: compare within that rounding
+            eps = torch.finfo(phi.dtype).eps
+            tol = 8 * eps * (_widen(phi).abs() @ self.weight.abs() + self.bias.abs()) + 1e-5
+            matches = out.shape == expected.shape and bool(((_widen(out) - expected).abs() <= tol).all())
+        else:
+            matches = out.shape == expected.shape and torch.allclose(out, expected, rtol=1e-4, atol=1e-5)
+        if not matches:
             raise ValueError(
                 f"The model's output is not the output of {self._head_name!r}: something "
                 "(a softmax, a scaling, another layer) comes after it. skrep explains the "
                 "logits of a final nn.Linear; return them from forward()."
             )
-        return phi.detach().cpu(), out.detach().cpu()
+        return _widen(phi.detach().cpu()), _widen(out.detach().cpu())
 
     def _find_head(self, x: Any) -> tuple[torch.Tensor, torch.Tensor]:
         seen: list[tuple[str, torch.Tensor, torch.Tensor]] = []
@@ -302,6 +319,14 @@ class TorchAdapter:
         if t.is_floating_point():
             t = t.to(self.dtype)
         return t.to(self.device)
+
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _widen(t: torch.Tensor) -> torch.Tensor:
+    """float16 / bfloat16 as float32: a model may run in low precision, the explanations never do."""
+    return t.float() if t.dtype in _LOW_PRECISION else t
 
 
 def _check_finite(t: Any, name: str) -> torch.Tensor:

@@ -14,6 +14,7 @@ Hessian-vector products (Pearlmutter: forward-over-reverse ``jvp(grad)``) use th
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -89,6 +90,7 @@ def per_sample_gradients(
     module: nn.Module, groups: ParameterGroups, batches: Iterable[tuple[Any, torch.Tensor]], loss: Loss
 ) -> dict[str, Factored | Dense]:
     """Per-sample loss gradients of every group for ``(x, labels)`` batches, in eval mode."""
+    module, batches = _in_float32(module, batches)
     modules = dict(module.named_modules())
     names = [n for n, _ in groups.linear]
     deltas: dict[str, list] = {n: [] for n in names}
@@ -228,6 +230,7 @@ def hessian_operator(
     """
     from torch.func import functional_call, grad, jvp, vmap
 
+    module, batches = _in_float32(module, batches)
     params = {k: v.detach() for k, v in module.named_parameters() if k in _traced(groups, module)}
     buffers = dict(module.named_buffers())
 
@@ -262,6 +265,24 @@ def hessian_operator(
         return total / count + l2 * V
 
     return matvec
+
+
+def _in_float32(module: nn.Module, batches: Any) -> tuple[nn.Module, Any]:
+    """The module and batches as they are, or a float32 copy of a float16 / bfloat16 module with widened inputs.
+
+    Gradients and Hessian products in half precision lose most of their digits (and overflow past
+    65504), so they are computed on a float32 copy; the user's module is left as it is.
+    """
+    p = next(module.parameters(), None)
+    if p is None or p.dtype not in (torch.float16, torch.bfloat16):
+        return module, batches
+
+    def widen(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: widen(v) for k, v in x.items()}
+        return x.float() if isinstance(x, torch.Tensor) and x.dtype in (torch.float16, torch.bfloat16) else x
+
+    return copy.deepcopy(module).float(), [(widen(x), t) for x, t in batches]
 
 
 def _traced(groups: ParameterGroups, module: nn.Module) -> set[str]:

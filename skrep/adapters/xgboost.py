@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 import numpy as np
+from sklearn.exceptions import NotFittedError
 
 from ..losses import get_loss
 from .base import check_features
@@ -74,7 +75,7 @@ class XGBoostAdapter(TreeEnsembleAdapter):
         self.model = model
         if isinstance(model, xgboost.XGBModel):
             if not hasattr(model, "_Booster"):
-                raise ValueError(f"This {type(model).__name__} is not fitted yet: fit it before explaining it.")
+                raise NotFittedError(f"This {type(model).__name__} is not fitted yet: fit it before explaining it.")
             booster = model.get_booster()
             best = getattr(model, "best_iteration", None)
             if best is not None and best + 1 < booster.num_boosted_rounds():

@@ -8,6 +8,7 @@ explained class; scoring, top-k, reconstruction and self-influence come from the
 from __future__ import annotations
 
 import numbers
+import os
 from typing import Any
 
 import numpy as np
@@ -19,15 +20,9 @@ from torch import nn
 from .._validation import check_number
 from ..adapters import LastLayer, TorchAdapter, encode_labels, make_adapter
 from ..explanation import Explanation
-from ..kernels import (
-    Embedding,
-    dense_scores,
-    pair_block,
-    pair_rows,
-    resolve_device,
-    stream_topk,
-    total,
-)
+from ..kernels import Embedding, pair_block, pair_rows, resolve_device, total
+from ..parallel import all_scores, topk_scores
+from ..store import read_store, write_store
 
 __all__ = ["BaseExplainer"]
 
@@ -52,6 +47,10 @@ class BaseExplainer(BaseEstimator):
         Memory budget of one (test x train) score block.
     max_dense_bytes : int
         Largest dense (n_test, n_train) result ``explain`` will return without ``top_k``.
+    n_jobs : int or None
+        Chunks of the training set that ``explain`` scores at once (threads, or the backend of
+        an enclosing ``joblib.parallel_backend``; -1: all cores). The result does not depend on
+        it (see :mod:`skrep.parallel`).
     random_state : int, RandomState or None
         For methods with random choices.
     verbose : int
@@ -94,6 +93,10 @@ class BaseExplainer(BaseEstimator):
     def _check_params(self) -> None:
         for name in ("batch_size", "block_bytes", "max_dense_bytes"):
             check_number(getattr(self, name), name, integer=True)
+        if self.n_jobs is not None and (
+            isinstance(self.n_jobs, bool) or not isinstance(self.n_jobs, numbers.Integral) or self.n_jobs == 0
+        ):
+            raise ValueError(f"n_jobs must be None, -1 or a non-zero integer; got {self.n_jobs!r}.")
 
     # ---- inputs ----------------------------------------------------------------------------------
     def _forward(self, X: Any, fitted: bool) -> tuple[torch.Tensor, torch.Tensor, np.ndarray | None]:
@@ -160,16 +163,22 @@ class BaseExplainer(BaseEstimator):
         return torch.as_tensor(t, dtype=torch.long)
 
     # ---- estimator API ---------------------------------------------------------------------------
-    def fit(self, X: Any, y: Any = None) -> BaseExplainer:
+    def fit(self, X: Any = None, y: Any = None, *, store: str | os.PathLike | None = None) -> BaseExplainer:
         """Compute the training-side factors.
 
         Parameters
         ----------
         X : array-like, tensor or DataLoader
-            Training inputs, in the layout the model takes.
+            Training inputs, in the layout the model takes. None with ``store``: reopen it.
         y : array-like of shape (n_samples,)
             Training labels (targets for regression). Optional when X is a DataLoader that
             yields ``(x, y)`` batches.
+        store : path or None
+            A folder for the fitted training-side arrays (see :mod:`skrep.store`). With X, they
+            are written there (atomically) and memory-mapped back, so ``explain`` streams them
+            from disk. Without X, a store written earlier, possibly by another process, is
+            reopened instead of fitting; it is refused if it was written for another model or
+            other parameters, or is damaged.
 
         Returns
         -------
@@ -177,7 +186,20 @@ class BaseExplainer(BaseEstimator):
         """
         previous = self.__dict__.copy()
         try:
-            return self._fit(X, y)
+            if X is None:
+                if store is None:
+                    raise ValueError(
+                        f"{type(self).__name__}.fit needs X, the training inputs (or store=path to reopen a store)."
+                    )
+                self._check_params()
+                self.__dict__.update(read_store(self, store))
+                self.device_ = resolve_device(self.device)  # the writer's device may not exist here
+                return self
+            self._fit(X, y)
+            if store is not None:
+                write_store(self, store)
+                self.__dict__.update(read_store(self, store))  # the arrays, memory-mapped from the store
+            return self
         except BaseException:
             # a failed or interrupted fit leaves the explainer as it was, never half-refit
             self.__dict__.clear()
@@ -220,7 +242,9 @@ class BaseExplainer(BaseEstimator):
         self.train_total_ = total(self.train_embedding_)
         return self
 
-    def explain(self, X: Any, y: Any = None, *, top_k: int | None = None, target: Any = None) -> Explanation:
+    def explain(
+        self, X: Any, y: Any = None, *, top_k: int | None = None, target: Any = None, client: Any = None
+    ) -> Explanation:
         """Values of every training point (or the top-k) for each test point.
 
         Parameters
@@ -236,6 +260,10 @@ class BaseExplainer(BaseEstimator):
             refused above ``max_dense_bytes``.
         target : None, label or array-like of labels
             Overrides the ``target`` parameter for this call.
+        client : dask.distributed.Client or None
+            Score the training chunks on this Dask cluster (they are sent once and reused by
+            later calls). Inside ``joblib.parallel_backend("dask")`` its client is used. The
+            result equals the single-process one exactly.
 
         Returns
         -------
@@ -254,12 +282,19 @@ class BaseExplainer(BaseEstimator):
                 )
         c = self._explained(logits, target, y if y is not None else labels, len(phi))
         test, offset, prior = self._test_side(self._features(phi), c, X)
-        kw = dict(offset=offset, device=self.device_, block_bytes=self.block_bytes, verbose=self.verbose)
+        kw = dict(
+            offset=offset,
+            device=self.device_,
+            block_bytes=self.block_bytes,
+            n_jobs=self.n_jobs,
+            client=client,
+            verbose=self.verbose,
+        )
         if top_k is None:
-            values = dense_scores(test, self.train_embedding_, max_dense_bytes=self.max_dense_bytes, **kw)
+            values = all_scores(test, self.train_embedding_, max_dense_bytes=self.max_dense_bytes, **kw)
             dense, top = values.numpy(), None
         else:
-            tk = stream_topk(test, self.train_embedding_, top_k, **kw)
+            tk = topk_scores(test, self.train_embedding_, top_k, **kw)
             dense = None
             top = {name: getattr(tk, name).numpy() for name in ("pro_index", "pro_value", "opp_index", "opp_value")}
         loss = self.adapter_.loss
@@ -288,7 +323,9 @@ class BaseExplainer(BaseEstimator):
         if not self._explains_loss:
             return self._targets(logits, target, n)
         if self.adapter_.loss.is_classification:
-            return self._targets(logits, target if target is not None else y, n)
+            if target is None and self.target is None and y is not None:  # the labels given to explain
+                return encode_labels(np.asarray(y), self.adapter_.classes_, name="y")
+            return self._targets(logits, target, n)
         if y is None:
             raise ValueError(
                 f"{type(self).__name__} explains the test loss of a regression model at its targets: pass y."
@@ -349,6 +386,8 @@ class BaseExplainer(BaseEstimator):
             recon = recon - recon.mean(1, keepdims=True)
             logits = logits - logits.mean(1, keepdims=True)
         a, b = recon.ravel(), logits.ravel()
+        # Pearson is scale-free: scaling first keeps corrcoef's squares finite for huge outputs
+        a, b = (v / np.abs(v).max() if np.abs(v).max() > 0 else v for v in (a, b))
         if a.std() == 0 or b.std() == 0:
             return 0.0
         return float(np.corrcoef(a, b)[0, 1])

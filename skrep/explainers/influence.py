@@ -38,7 +38,7 @@ import torch
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-from .._validation import check_choice, check_number
+from .._validation import check_choice, check_number, check_params_selection
 from ..adapters.torch_grads import hessian_operator, labelled_batches, per_sample_gradients, plan_groups
 from ..kernels import DEFAULT_BLOCK_BYTES, DEFAULT_MAX_DENSE_BYTES, Dense, Factored, Sum, flatten
 from ..kernels.head import HeadObjective
@@ -90,7 +90,7 @@ class InfluenceFunctions(HeadObjectiveMixin, BaseExplainer):
     cg_tol : float, default=1e-8
     explicit_max : int, default=8192
         Largest number of parameters for which 'exact' builds H.
-    target, device, batch_size, block_bytes, max_dense_bytes, random_state, verbose
+    target, device, batch_size, block_bytes, max_dense_bytes, n_jobs, random_state, verbose
         See :class:`~skrep.explainers.base.BaseExplainer`.
 
     Examples
@@ -128,6 +128,7 @@ class InfluenceFunctions(HeadObjectiveMixin, BaseExplainer):
         batch_size: int = 256,
         block_bytes: int = DEFAULT_BLOCK_BYTES,
         max_dense_bytes: int = DEFAULT_MAX_DENSE_BYTES,
+        n_jobs: int | None = None,
         random_state: Any = None,
         verbose: int = 0,
     ):
@@ -147,6 +148,7 @@ class InfluenceFunctions(HeadObjectiveMixin, BaseExplainer):
         if self.sketch_dim is not None:
             check_number(self.sketch_dim, "sketch_dim", integer=True)
         check_number(self.cg_tol, "cg_tol", max_val=1)
+        check_params_selection(self.params)
         if self.params != "head" and not isinstance(self.model, torch.nn.Module):
             raise ValueError(f"params={self.params!r} needs a torch model; use params='head' for this model.")
 
@@ -236,19 +238,14 @@ class InfluenceFunctions(HeadObjectiveMixin, BaseExplainer):
         self._seed = seed
         P = self.n_params_
         if self.solver == "exact":
-            self._Hinv, null = psd_inverse(self._explicit_hessian())
+            H = self._explicit_hessian()
+            self._Hinv, null = psd_inverse(H)
             self.dropped_ = 0 if null is None else null.shape[1]
             if null is not None:
                 G = self._flat(emb)
                 leak = float((G @ null).norm() / G.norm().clamp_min(1e-300))
                 if leak > 1e-6:
-                    warnings.warn(
-                        f"The Hessian is singular in {self.dropped_} directions that carry {leak:.2e} of the "
-                        "training gradients' norm; those parts were dropped (pseudo-inverse). Pass damping > 0 "
-                        "for a regularized inverse.",
-                        RuntimeWarning,
-                        stacklevel=4,
-                    )
+                    self._warn_dropped(float(torch.linalg.eigvalsh(null.T @ H @ null).min()), leak)
         elif self.solver == "arnoldi":
             matvec = self._operators()[0]
             evals, evecs = top_eigenpairs(matvec, P, self.rank, torch.float64, seed)
@@ -279,6 +276,31 @@ class InfluenceFunctions(HeadObjectiveMixin, BaseExplainer):
                 seed=seed,
             )
 
+    def _warn_dropped(self, lowest: float, leak: float) -> None:
+        """Say that the exact inverse left out directions of H, which damping was used, and what to pass."""
+        damping = float(self.damping)
+        if lowest < 0:  # a network away from a minimum: H has negative curvature
+            what = f"indefinite (its lowest eigenvalue is {lowest:.3g})"
+            advice = f"pass damping >= {damping - 2 * lowest:.2g} to make it positive definite"
+        else:
+            what = "singular"
+            advice = "raise damping" if damping else "pass damping > 0 (e.g. 1e-3)"
+        warnings.warn(
+            f"The Hessian with damping={damping:g} is {what}: {self.dropped_} of its {self.n_params_} directions, "
+            f"carrying {leak:.2e} of the training gradients' norm, were dropped (inverse on its positive "
+            f"eigenspace). To keep them, {advice}.",
+            RuntimeWarning,
+            stacklevel=5,
+        )
+
+    def _solver_failed(self, error: ValueError) -> ValueError:
+        """A solver's error, with the damping used and which parameter to change."""
+        return ValueError(
+            f"InfluenceFunctions(solver={self.solver!r}, damping={float(self.damping):g}): {error} The Hessian of "
+            "a network away from a minimum has negative curvature: raise damping (e.g. tenfold), or use "
+            "solver='exact', which inverts it on its positive eigenspace with a warning."
+        )
+
     def _head_objective(self, f: Any, l2: float = 0.0) -> HeadObjective:
         """The head's objective over features f, for its Hessian (the targets do not enter it)."""
         no_targets = torch.empty(len(f), 0)
@@ -306,18 +328,21 @@ class InfluenceFunctions(HeadObjectiveMixin, BaseExplainer):
             S, G = self._sketch
             return (B @ G.T) @ S.T
         matvec, batch_matvec, n_batches = self._operators()
-        if self.solver == "cg":
-            X, _ = batched_conjugate_gradient(matvec, B, rtol=self.cg_tol, max_iter=20 * B.shape[1])
-            return X
-        return lissa(
-            batch_matvec,
-            B,
-            n_batches=n_batches,
-            scale=self.lissa_scale_,
-            damping=float(self.damping),
-            depth=self.lissa_depth,
-            seed=self._seed,
-        )
+        try:
+            if self.solver == "cg":
+                X, _ = batched_conjugate_gradient(matvec, B, rtol=self.cg_tol, max_iter=20 * B.shape[1])
+                return X
+            return lissa(
+                batch_matvec,
+                B,
+                n_batches=n_batches,
+                scale=self.lissa_scale_,
+                damping=float(self.damping),
+                depth=self.lissa_depth,
+                seed=self._seed,
+            )
+        except ValueError as e:  # negative curvature (CG) or a diverging recursion (LiSSA)
+            raise self._solver_failed(e) from e
 
     def _gradients(self, X: Any, f: torch.Tensor, c: torch.Tensor) -> Factored | Sum:
         if self.params == "head":

@@ -75,7 +75,7 @@ class RepresenterLJE(SensitivityMapsMixin, HeadObjectiveMixin, BaseExplainer):
     explicit_max : int, default=8192
     cg_tol : float, default=1e-6
         Relative residual of the CG solves.
-    target, device, batch_size, block_bytes, max_dense_bytes, random_state, verbose
+    target, device, batch_size, block_bytes, max_dense_bytes, n_jobs, random_state, verbose
         See :class:`~skrep.explainers.base.BaseExplainer`.
 
     Attributes
@@ -120,6 +120,7 @@ class RepresenterLJE(SensitivityMapsMixin, HeadObjectiveMixin, BaseExplainer):
         batch_size: int = 256,
         block_bytes: int = DEFAULT_BLOCK_BYTES,
         max_dense_bytes: int = DEFAULT_MAX_DENSE_BYTES,
+        n_jobs: int | None = None,
         random_state: Any = None,
         verbose: int = 0,
     ):

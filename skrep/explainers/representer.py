@@ -53,7 +53,7 @@ class RepresenterPoints(SensitivityMapsMixin, BaseExplainer):
         Newton steps for the refit.
     tol : float, default=1e-10
         Stop when the largest entry of the refit objective's gradient is at most ``tol``.
-    device, batch_size, block_bytes, max_dense_bytes, random_state, verbose
+    device, batch_size, block_bytes, max_dense_bytes, n_jobs, random_state, verbose
         See :class:`~skrep.explainers.base.BaseExplainer`.
 
     Attributes
@@ -96,6 +96,7 @@ class RepresenterPoints(SensitivityMapsMixin, BaseExplainer):
         batch_size: int = 256,
         block_bytes: int = DEFAULT_BLOCK_BYTES,
         max_dense_bytes: int = DEFAULT_MAX_DENSE_BYTES,
+        n_jobs: int | None = None,
         random_state: Any = None,
         verbose: int = 0,
     ):

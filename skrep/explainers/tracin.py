@@ -27,6 +27,9 @@ import copy
 import math
 import numbers
 import os
+import pickle
+import re
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -35,7 +38,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from .._validation import check_choice, check_number
+from .._validation import check_choice, check_number, check_params_selection
 from ..adapters import TorchAdapter
 from ..adapters.torch_grads import labelled_batches, per_sample_gradients, plan_groups
 from ..explanation import Explanation
@@ -67,7 +70,7 @@ class TracIn(BaseExplainer):
     index : None, 'faiss' or 'hnsw', default=None
         Build an approximate nearest-neighbour index over the training gradients at fit, used
         by ``explain(top_k=...)`` for low-latency proponents and opponents.
-    target, device, batch_size, block_bytes, max_dense_bytes, random_state, verbose
+    target, device, batch_size, block_bytes, max_dense_bytes, n_jobs, random_state, verbose
         See :class:`~skrep.explainers.base.BaseExplainer`. ``target`` fixes the label at which
         the test loss is explained (default: ``y`` given to explain, else the prediction).
 
@@ -98,6 +101,7 @@ class TracIn(BaseExplainer):
         batch_size: int = 256,
         block_bytes: int = DEFAULT_BLOCK_BYTES,
         max_dense_bytes: int = DEFAULT_MAX_DENSE_BYTES,
+        n_jobs: int | None = None,
         random_state: Any = None,
         verbose: int = 0,
     ):
@@ -109,13 +113,20 @@ class TracIn(BaseExplainer):
         if not isinstance(self.model, nn.Module):
             raise TypeError(f"TracIn needs a torch nn.Module; got {type(self.model).__name__}.")
         if (
-            self.checkpoints is None
-            or isinstance(self.checkpoints, (str, os.PathLike, dict))
-            or len(self.checkpoints) == 0
+            not isinstance(self.checkpoints, Sequence)
+            or isinstance(self.checkpoints, (str, bytes))
+            or not self.checkpoints
         ):
-            raise ValueError("checkpoints must be a non-empty list of state dicts or file paths.")
+            raise ValueError(
+                f"checkpoints must be a non-empty list of state dicts or file paths; got {self.checkpoints!r:.60}."
+            )
         rates = self.learning_rates
-        rates = [rates] * len(self.checkpoints) if isinstance(rates, numbers.Real) else list(rates)
+        if isinstance(rates, numbers.Real):
+            rates = [rates] * len(self.checkpoints)
+        elif isinstance(rates, (str, bytes)) or not isinstance(rates, Iterable):
+            raise TypeError(f"learning_rates must be a number, or a list of one per checkpoint; got {rates!r:.60}.")
+        else:
+            rates = list(rates)
         if len(rates) != len(self.checkpoints):
             raise ValueError(
                 f"learning_rates must be one number or one per checkpoint ({len(self.checkpoints)}); "
@@ -128,11 +139,7 @@ class TracIn(BaseExplainer):
             check_number(self.projection_dim, "projection_dim", integer=True)
         check_choice(self.projection, "projection", ("gaussian", "fc-fast"))
         check_choice(self.index, "index", (None, "faiss", "hnsw"))
-        if not (
-            self.params in ("head", "all")
-            or (isinstance(self.params, (list, tuple)) and self.params and all(isinstance(p, str) for p in self.params))
-        ):
-            raise ValueError(f"params must be 'head', 'all' or a list of module/parameter names; got {self.params!r}.")
+        check_params_selection(self.params)
 
     # ---- fit / explain ---------------------------------------------------------------------------
     def _fit_train(self, f, logits, y, X):
@@ -161,10 +168,12 @@ class TracIn(BaseExplainer):
         check_is_fitted(self, "train_embedding_")
         return pair_rows(self.train_embedding_, self.train_embedding_).double().numpy()
 
-    def explain(self, X: Any, y: Any = None, *, top_k: int | None = None, target: Any = None) -> Explanation:
-        """As :meth:`BaseExplainer.explain`; with an ``index``, top-k comes from the index."""
+    def explain(
+        self, X: Any, y: Any = None, *, top_k: int | None = None, target: Any = None, client: Any = None
+    ) -> Explanation:
+        """As :meth:`BaseExplainer.explain`; with an ``index``, top-k comes from the index (in this process)."""
         if self.index is None or top_k is None:
-            return super().explain(X, y, top_k=top_k, target=target)
+            return super().explain(X, y, top_k=top_k, target=target, client=client)
         check_is_fitted(self, "train_embedding_")
         if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1:
             raise ValueError(f"top_k must be a positive integer or None; got {top_k!r}.")
@@ -270,6 +279,15 @@ def load_checkpoints(model: nn.Module, checkpoints: list) -> list[dict]:
                 raise FileNotFoundError(f"{name} does not exist.")
             try:
                 ckpt = torch.load(ckpt, map_location="cpu", weights_only=True)
+            except pickle.UnpicklingError as e:
+                # torch's own message advises weights_only=False, which would run the code in the file
+                found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+                what = f"a pickled {found.group(1)}, not only tensors" if found else "no torch state dict"
+                raise ValueError(
+                    f"{name} holds {what}, so it was not loaded: skrep reads checkpoints with "
+                    "torch.load(weights_only=True), which never runs code stored in a file. Save each checkpoint "
+                    "as the model's state dict: torch.save(model.state_dict(), path)."
+                ) from e
             except Exception as e:  # noqa: BLE001 - any unreadable file is the user's to fix
                 raise ValueError(f"{name} could not be read as a torch state dict ({type(e).__name__}: {e}).") from e
         if isinstance(ckpt, dict) and "state_dict" in ckpt and isinstance(ckpt["state_dict"], dict):

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
 
 from .._progress import progress
-from .embeddings import Embedding, Factored, Sum, dtype_of, pair_block
+from .embeddings import Embedding, Factored, Sum, dtype_of, map_tensors, pair_block
 
 __all__ = [
     "BlockPlan",
     "plan_blocks",
     "iter_blocks",
     "dense_scores",
+    "check_dense_size",
+    "prefetch",
     "resolve_device",
     "DEFAULT_BLOCK_BYTES",
     "DEFAULT_MAX_DENSE_BYTES",
@@ -103,8 +105,27 @@ def dense_scores(
     ``offset`` (n_test,) is added to every score of a test row (a share that every training
     point gets equally, e.g. LJE's anchor term).
     """
-    dtype = dtype_of(test)
-    need = len(test) * len(train) * torch.empty((), dtype=dtype).element_size()
+    check_dense_size(test, train, max_dense_bytes)
+    out = torch.empty(len(test), len(train), dtype=dtype_of(test))
+    plan = plan_blocks(test, train, block_bytes)
+    for ts, ns, s in iter_blocks(test, train, plan, device, verbose, "explain"):
+        out[ts : ts + s.shape[0], ns : ns + s.shape[1]] = s.cpu()
+    if offset is not None:
+        out += offset.to(out.dtype).reshape(-1, 1)
+    return out
+
+
+def _used_on(stream: torch.cuda.Stream) -> Callable[[torch.Tensor], torch.Tensor]:
+    def record(t: torch.Tensor) -> torch.Tensor:
+        t.record_stream(stream)
+        return t
+
+    return record
+
+
+def check_dense_size(test: Embedding, train: Embedding, max_dense_bytes: int) -> None:
+    """Refuse a dense (n_test, n_train) result larger than ``max_dense_bytes``, saying what to do."""
+    need = len(test) * len(train) * torch.empty((), dtype=dtype_of(test)).element_size()
     if need > max_dense_bytes:
         raise ValueError(
             f"The dense explanation would take {need / 2**30:.2f} GiB for {len(test)} test x {len(train)} "
@@ -112,10 +133,41 @@ def dense_scores(
             "the strongest proponents and opponents, explain fewer test points at a time, or raise "
             "max_dense_bytes."
         )
-    out = torch.empty(len(test), len(train), dtype=dtype)
-    plan = plan_blocks(test, train, block_bytes)
-    for ts, ns, s in iter_blocks(test, train, plan, device, verbose, "explain"):
-        out[ts : ts + s.shape[0], ns : ns + s.shape[1]] = s.cpu()
-    if offset is not None:
-        out += offset.to(dtype).reshape(-1, 1)
-    return out
+
+
+def prefetch(blocks: Iterable[Embedding], device: torch.device | str) -> Iterator[Embedding]:
+    """The blocks on ``device``; on CUDA each is copied one block ahead of its use.
+
+    The copy of block i+1 runs from pinned host memory on a side stream while the kernels of
+    block i run on the current stream, so transfer and compute overlap. On the CPU the blocks
+    pass through unchanged.
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        yield from blocks
+        return
+    side = torch.cuda.Stream(device)
+    compute = torch.cuda.current_stream(device)
+
+    def start(block: Embedding) -> tuple[Embedding, torch.cuda.Event]:
+        with torch.cuda.stream(side):
+            moved = map_tensors(block, lambda t: t.pin_memory().to(device, non_blocking=True))
+            ready = torch.cuda.Event()
+            ready.record(side)
+        return moved, ready
+
+    def hand_over(pending: tuple[Embedding, torch.cuda.Event]) -> Embedding:
+        moved, ready = pending
+        compute.wait_event(ready)
+        # memory allocated on the side stream is used on the compute stream: tell the allocator
+        map_tensors(moved, _used_on(compute))
+        return moved
+
+    pending = None
+    for block in blocks:
+        nxt = start(block)
+        if pending is not None:
+            yield hand_over(pending)
+        pending = nxt
+    if pending is not None:
+        yield hand_over(pending)

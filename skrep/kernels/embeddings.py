@@ -8,13 +8,26 @@ a full (k, d) matrix per row, e.g. an inverse Hessian applied to a test gradient
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from .leaves import gram, rowdot
+from .leaves import LeafMatrix, gram, rowdot
 
-__all__ = ["Factored", "Dense", "Sum", "Embedding", "dtype_of", "flatten", "pair_block", "pair_rows", "total"]
+__all__ = [
+    "Factored",
+    "Dense",
+    "Sum",
+    "Embedding",
+    "class_order",
+    "dtype_of",
+    "flatten",
+    "map_tensors",
+    "pair_block",
+    "pair_rows",
+    "total",
+]
 
 
 @dataclass(frozen=True)
@@ -106,6 +119,19 @@ def dtype_of(e: Embedding) -> torch.dtype:
     return e.u.dtype if isinstance(e, Dense) else e.a.dtype
 
 
+def map_tensors(e: Embedding, fn: Callable[[torch.Tensor], torch.Tensor]) -> Embedding:
+    """The same embedding with ``fn`` applied to every tensor it holds (leaf ids and scales included).
+
+    E.g. ``map_tensors(e.rows(a, b), torch.clone)`` owns its memory, so that pickling it (to send
+    a chunk to another process) does not carry the whole of the storage its rows are views of.
+    """
+    if isinstance(e, Sum):
+        return Sum(tuple(map_tensors(t, fn) for t in e.terms))
+    if isinstance(e, Dense):
+        return Dense(fn(e.u))
+    return Factored(fn(e.a), e.b.apply(fn) if isinstance(e.b, LeafMatrix) else fn(e.b))
+
+
 def flatten(e: Embedding) -> torch.Tensor:
     """Every row as one dense vector (n, D): what a nearest-neighbour index stores."""
     if isinstance(e, Sum):
@@ -130,7 +156,17 @@ def pair_block(test: Embedding, train: Embedding) -> torch.Tensor:
                 out += pair_block(u, v)
         return out
     if isinstance(test, Factored) and isinstance(train, Factored):
-        return gram(test.b, train.b).mul_(test.a @ train.a.T)
+        runs = _class_runs(test.a) if isinstance(test.b, torch.Tensor) and isinstance(train.b, torch.Tensor) else None
+        if runs is None:
+            return gram(test.b, train.b).mul_(test.a @ train.a.T)
+        # test rows that select one class each, grouped by class: one product of the features,
+        # then each group's columns scaled by its class's training factor in place, with no
+        # (m, n) product of the small factors
+        picked = test.a.sum(1, keepdim=True)  # each row's one non-zero
+        out = gram(test.b if bool((picked == 1).all()) else test.b * picked, train.b)
+        for start, stop, c in runs:
+            out[start:stop].mul_(train.a[:, c])
+        return out
     if isinstance(test, Dense) and isinstance(train, Factored):
         return _dense_factored(test, train, dense_rows_first=True)
     if isinstance(test, Factored) and isinstance(train, Dense):
@@ -138,6 +174,37 @@ def pair_block(test: Embedding, train: Embedding) -> torch.Tensor:
     if isinstance(test, Dense) and isinstance(train, Dense):
         return test.u.flatten(1) @ train.u.flatten(1).T
     raise TypeError(f"Cannot pair {type(test).__name__} with {type(train).__name__}.")
+
+
+def class_order(e: Embedding) -> torch.Tensor | None:
+    """A row order that groups a class-selector embedding by class (see :func:`pair_block`).
+
+    For a :class:`Factored` embedding whose ``a`` has one non-zero per row out of k >= 2, the
+    stable argsort of the selected classes; None for any other embedding.
+    """
+    if not isinstance(e, Factored) or not isinstance(e.b, torch.Tensor):
+        return None
+    cls = _selected_class(e.a)
+    return None if cls is None else torch.argsort(cls, stable=True)
+
+
+def _selected_class(a: torch.Tensor) -> torch.Tensor | None:
+    if a.shape[1] < 2 or len(a) == 0:
+        return None
+    nz = a != 0
+    return nz.to(torch.uint8).argmax(1) if bool((nz.sum(1) == 1).all()) else None
+
+
+def _class_runs(a: torch.Tensor) -> list[tuple[int, int, int]] | None:
+    """``(start, stop, class)`` of the runs of equal class of a selector, when there are at most k."""
+    cls = _selected_class(a)
+    if cls is None:
+        return None
+    cuts = (torch.nonzero(cls[1:] != cls[:-1])[:, 0] + 1).tolist()
+    if len(cuts) >= a.shape[1]:  # rows not grouped by class: the general product is cheaper
+        return None
+    bounds = [0, *cuts, len(a)]
+    return [(s, e, int(cls[s])) for s, e in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 def _dense_factored(dense: Dense, fac: Factored, dense_rows_first: bool) -> torch.Tensor:

@@ -233,9 +233,24 @@ def newton_solve(
     while gmax > tol and it < max_iter:
         it += 1
         # inexact Newton: a forcing term that tightens as the gradient shrinks (superlinear rate)
-        step, _, _ = conjugate_gradient(
-            obj.hessian(z), -grad, precond=obj.preconditioner(z), rtol=min(0.1, gmax**0.5), max_iter=200
-        )
+        try:
+            step, _, _ = conjugate_gradient(
+                obj.hessian(z), -grad, precond=obj.preconditioner(z), rtol=min(0.1, gmax**0.5), max_iter=200
+            )
+        except ValueError:
+            if obj.f_fast is obj.f:
+                largest = float(obj.f.abs().max()) if isinstance(obj.f, torch.Tensor) else 1.0
+                raise ValueError(
+                    f"The {what} met a direction of non-positive curvature even in float64: the features are too "
+                    f"large for the L2 penalty (largest |feature| {largest:.3g}). Scale the inputs, or raise the "
+                    "penalty (lam)."
+                ) from None
+            # the float32 products' round-off outweighed the penalty's curvature (large features):
+            # from here on the Hessian is applied in float64
+            obj.f_fast = obj.f
+            obj._gram_eig = None
+            it -= 1  # no step was taken
+            continue
         slope = float((grad * step).sum())
         t = 1.0
         while True:

@@ -112,6 +112,10 @@ class LeafMatrix:
         scale = None if self.scale is None else self.scale.to(device or self.scale.device, dtype)
         return self._like(index, scale, dtype=dtype)
 
+    def apply(self, fn: Any) -> LeafMatrix:
+        """The same matrix with ``fn`` applied to its leaf ids and row scales (e.g. ``torch.clone``)."""
+        return self._like(fn(self.index), None if self.scale is None else fn(self.scale))
+
     def double(self) -> LeafMatrix:
         return self.to(dtype=torch.float64)
 

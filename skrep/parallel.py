@@ -1,0 +1,271 @@
+"""Scoring split over chunks of the training set: threads, joblib backends or a Dask cluster.
+
+Test rows that each explain one class (representer points) are scored grouped by class (see
+:func:`skrep.kernels.embeddings.pair_block`) and handed back in the caller's order.
+
+A chunk's scores are a pure function of (the chunk's training embeddings, the test embeddings),
+so chunks can run anywhere. The chunking depends only on the sizes and the memory budget, never
+on the number of workers, and chunk results are merged in chunk order: one process, ``n_jobs``
+threads and a Dask cluster give bit-identical results (same top-k indices, same values).
+
+With Dask, the training chunks are scattered once per (client, fitted explainer) and reused
+by later calls; the test side is broadcast once per call. When a worker dies, Dask reruns its
+tasks elsewhere, and the chunks whose data died with it are sent again from this process, so
+the result is still exact.
+
+Examples
+--------
+>>> import torch
+>>> from skrep.kernels import Factored
+>>> train = Factored(torch.randn(1000, 3), torch.randn(1000, 8))
+>>> test = Factored(torch.randn(4, 3), torch.randn(4, 8))
+>>> a = topk_scores(test, train, 5, block_bytes=2**16)
+>>> b = topk_scores(test, train, 5, block_bytes=2**16, n_jobs=2)
+>>> bool(torch.equal(a.pro_index, b.pro_index) and torch.equal(a.pro_value, b.pro_value))
+True
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import torch
+from joblib import Parallel, delayed, effective_n_jobs
+
+from ._progress import progress
+from .kernels.blocks import DEFAULT_BLOCK_BYTES, check_dense_size, dense_scores, plan_blocks, prefetch
+from .kernels.embeddings import Embedding, class_order, dtype_of, map_tensors
+from .kernels.topk import TopK, merge_topk, stream_topk
+
+__all__ = ["chunk_bounds", "topk_scores", "all_scores", "dask_client"]
+
+_ATTEMPTS = 3
+_POLL_S = 1.0  # how often a waiting task's inputs are checked for loss
+_SCATTER_TIMEOUT_S = 60
+# (client id, id of a training embedding, chunk bounds) -> futures of its scattered chunks
+_SCATTERED: dict[tuple[str, int, tuple[tuple[int, int], ...]], list[Any]] = {}
+
+
+def chunk_bounds(test: Embedding, train: Embedding, block_bytes: int, k: int = 1) -> list[tuple[int, int]]:
+    """``[(start, stop), ...]`` over the training rows: one score block's worth each."""
+    rows = plan_blocks(test, train, block_bytes, min_train_rows=k).train_rows
+    return [(s, min(s + rows, len(train))) for s in range(0, len(train), rows)]
+
+
+def dask_client(client: Any = None) -> Any:
+    """The Dask client to use: the one given, else joblib's active ``'dask'`` backend's, else None."""
+    if client is not None:
+        if not (hasattr(client, "scatter") and hasattr(client, "submit")):
+            raise TypeError(f"client must be a dask.distributed.Client; got {type(client).__name__}.")
+        return client
+    from joblib.parallel import get_active_backend
+
+    backend, _ = get_active_backend()
+    return getattr(backend, "client", None) if type(backend).__name__ == "DaskDistributedBackend" else None
+
+
+def topk_scores(
+    test: Embedding,
+    train: Embedding,
+    k: int,
+    *,
+    offset: torch.Tensor | None = None,
+    device: torch.device | str = "cpu",
+    block_bytes: int = DEFAULT_BLOCK_BYTES,
+    n_jobs: int | None = None,
+    client: Any = None,
+    verbose: int = 0,
+) -> TopK:
+    """Exact top-k proponents and opponents of every test row over all training rows.
+
+    Parameters
+    ----------
+    test, train : Embedding
+    k : int
+    offset : Tensor of shape (n_test,) or None
+        Added to every score of a test row.
+    device : torch device
+        Where each chunk is scored.
+    block_bytes : int
+        Memory budget of one score block; also sets the chunk size.
+    n_jobs : int or None
+        Chunks scored at once by joblib (threads unless a ``joblib.parallel_backend`` says
+        otherwise); None: 1 unless in a ``joblib.parallel_backend`` context, -1: all cores.
+    client : dask.distributed.Client or None
+        Score the chunks on a Dask cluster.
+    verbose : int
+
+    Returns
+    -------
+    TopK
+    """
+    k = min(int(k), len(train))
+    order = class_order(test)
+    if order is not None:
+        test = map_tensors(test, lambda t: t[order])
+    bounds = chunk_bounds(test, train, block_bytes, k)
+    parts = _map_chunks(_chunk_topk, test, train, bounds, device, block_bytes, (k,), n_jobs, client, verbose)
+    running: TopK | None = None
+    for part in parts:
+        running = part if running is None else _merge(running, part, k)
+    assert running is not None
+    rows = slice(None) if order is None else torch.argsort(order)  # back to the caller's order
+    off = 0 if offset is None else offset.to(dtype_of(test)).reshape(-1, 1)
+    return TopK(
+        running.pro_index[rows], running.pro_value[rows] + off, running.opp_index[rows], running.opp_value[rows] + off
+    )
+
+
+def all_scores(
+    test: Embedding,
+    train: Embedding,
+    *,
+    offset: torch.Tensor | None = None,
+    device: torch.device | str = "cpu",
+    block_bytes: int = DEFAULT_BLOCK_BYTES,
+    max_dense_bytes: int,
+    n_jobs: int | None = None,
+    client: Any = None,
+    verbose: int = 0,
+) -> torch.Tensor:
+    """The full (n_test, n_train) score matrix, chunk by chunk; refused above ``max_dense_bytes``."""
+    check_dense_size(test, train, max_dense_bytes)
+    order = class_order(test)
+    if order is not None:
+        test = map_tensors(test, lambda t: t[order])
+    bounds = chunk_bounds(test, train, block_bytes)
+    out = torch.empty(len(test), len(train), dtype=dtype_of(test))
+    rows = slice(None) if order is None else order
+    parts = _map_chunks(_chunk_dense, test, train, bounds, device, block_bytes, (), n_jobs, client, verbose)
+    for (start, stop), block in zip(bounds, parts, strict=True):
+        out[rows, start:stop] = block
+    if offset is not None:
+        out += offset.to(out.dtype).reshape(-1, 1)
+    return out
+
+
+def _chunk_topk(test: Embedding, chunk: Embedding, start: int, device: Any, block_bytes: int, k: int) -> TopK:
+    tk = stream_topk(test, chunk, k, device=device, block_bytes=block_bytes)
+    return TopK(tk.pro_index + start, tk.pro_value, tk.opp_index + start, tk.opp_value)
+
+
+def _chunk_dense(test: Embedding, chunk: Embedding, start: int, device: Any, block_bytes: int) -> torch.Tensor:
+    # the size was checked for the whole matrix before any chunk ran
+    return dense_scores(test, chunk, device=device, block_bytes=block_bytes, max_dense_bytes=2**63)
+
+
+def _merge(a: TopK, b: TopK, k: int) -> TopK:
+    pv, pi = merge_topk(torch.cat([a.pro_value, b.pro_value], 1), torch.cat([a.pro_index, b.pro_index], 1), k, True)
+    ov, oi = merge_topk(torch.cat([a.opp_value, b.opp_value], 1), torch.cat([a.opp_index, b.opp_index], 1), k, False)
+    return TopK(pi, pv, oi, ov)
+
+
+def _map_chunks(
+    fn: Callable[..., Any],
+    test: Embedding,
+    train: Embedding,
+    bounds: list[tuple[int, int]],
+    device: Any,
+    block_bytes: int,
+    extra: tuple,
+    n_jobs: int | None,
+    client: Any,
+    verbose: int,
+) -> Iterator[Any]:
+    """``fn(test, train[start:stop], start, device, block_bytes, *extra)`` for every chunk, in chunk order."""
+    args = (device, block_bytes, *extra)
+    client = dask_client(client)
+    if client is not None:
+        yield from _dask_map(client, fn, test, train, bounds, args, verbose)
+        return
+    test = test.to(device)  # once, not once per chunk
+    if effective_n_jobs(n_jobs) == 1:
+        chunks = prefetch((train.rows(a, b) for a, b in bounds), device)
+        for (start, _), chunk in progress(zip(bounds, chunks, strict=True), verbose, "explain", total=len(bounds)):
+            yield fn(test, chunk, start, *args)
+        return
+    jobs = (delayed(fn)(test, train.rows(a, b), a, *args) for a, b in bounds)
+    # threads by default (torch releases the GIL; nothing is copied); a joblib.parallel_backend
+    # context chooses another backend
+    results: Iterable[Any] = Parallel(n_jobs=n_jobs, prefer="threads", return_as="generator")(jobs)
+    yield from progress(results, verbose, "explain", total=len(bounds))
+
+
+def _dask_map(
+    client: Any,
+    fn: Callable[..., Any],
+    test: Embedding,
+    train: Embedding,
+    bounds: list[tuple[int, int]],
+    args: tuple,
+    verbose: int,
+) -> Iterator[Any]:
+    chunks = _scattered(client, train, bounds)
+    box = {"test": _scatter_test(client, test)}
+
+    def submit(i: int) -> Any:
+        return client.submit(fn, box["test"], chunks[i], bounds[i][0], *args, pure=False)
+
+    def resend_lost(i: int) -> None:
+        # a task whose worker died is rerun by Dask itself; data that died with its worker is
+        # sent again from here, where the test and training sides live
+        if box["test"].status != "finished":
+            box["test"] = _scatter_test(client, test)
+        if chunks[i].status != "finished":
+            chunks[i] = _scatter_chunk(client, train, bounds[i])
+        futures[i] = submit(i)
+
+    futures = [submit(i) for i in range(len(bounds))]
+    try:
+        for i in progress(range(len(bounds)), verbose, "explain (dask)", total=len(bounds)):
+            failures = 0
+            while True:
+                try:
+                    yield futures[i].result(timeout=_POLL_S)
+                    break
+                except TimeoutError:
+                    if box["test"].status != "finished" or chunks[i].status != "finished":
+                        resend_lost(i)
+                except Exception:
+                    failures += 1
+                    if failures == _ATTEMPTS:
+                        raise
+                    resend_lost(i)
+    finally:
+        client.cancel([*futures, box["test"]])
+
+
+def _scatter_test(client: Any, test: Embedding) -> Any:
+    return _scatter(client, map_tensors(test, torch.clone), broadcast=True)
+
+
+def _scatter(client: Any, data: Any, broadcast: bool = False) -> Any:
+    for attempt in range(_ATTEMPTS):
+        try:
+            return client.scatter(data, broadcast=broadcast, hash=False, timeout=_SCATTER_TIMEOUT_S)
+        except (OSError, TimeoutError):  # a worker died and the scheduler has not noticed yet
+            if attempt == _ATTEMPTS - 1:
+                raise
+            time.sleep(_POLL_S * (attempt + 1))
+
+
+def _scattered(client: Any, train: Embedding, bounds: list[tuple[int, int]]) -> list[Any]:
+    """Futures of the training chunks on the cluster, scattered on first use (and again if lost)."""
+    key = (str(client.id), id(train), tuple(bounds))
+    futures = _SCATTERED.get(key)
+    if futures is None:
+        futures = [None] * len(bounds)
+        _SCATTERED[key] = futures
+        weakref.finalize(train, _SCATTERED.pop, key, None)
+    for i, f in enumerate(futures):
+        if f is None or f.status != "finished":
+            futures[i] = _scatter_chunk(client, train, bounds[i])
+    return futures
+
+
+def _scatter_chunk(client: Any, train: Embedding, bound: tuple[int, int]) -> Any:
+    # a chunk that owns its memory: a view would carry its whole storage along
+    return _scatter(client, map_tensors(train.rows(*bound), torch.clone))
