@@ -313,36 +313,25 @@ def family_tracin(a, sub: Subprocesses, tmp: Path) -> tuple[list, dict]:
                 work, ds, paths, load_ckpt, layers=layers, loss_fn=loss, batch_size=bs, sample_wise_grads_per_batch=True
             )
 
-        p = captum(lambda: cp(None))
-        rows.append(
-            row(
-                fam,
-                sk_all,
-                "captum TracInCP (all layers)",
-                version,
-                s_all,
-                p,
-                metric_all,
-                "in-process",
-                skrep_q=1.0,
-                peer_q=pearson(p["values"], ref_all),
+        for layers, what, sk, s, metric, ref in (
+            (None, "all layers", sk_all, s_all, metric_all, ref_all),
+            ([head], "final layer", sk_head, s_head, metric_head, ref_head),
+        ):
+            p = captum(lambda layers=layers: cp(layers))
+            rows.append(
+                row(
+                    fam,
+                    sk,
+                    f"captum TracInCP ({what})",
+                    version,
+                    s,
+                    p,
+                    metric,
+                    "in-process",
+                    skrep_q=1.0,
+                    peer_q=pearson(p["values"], ref),
+                )
             )
-        )
-        p = captum(lambda: cp([head]))
-        rows.append(
-            row(
-                fam,
-                sk_head,
-                "captum TracInCP (final layer)",
-                version,
-                s_head,
-                p,
-                metric_head,
-                "in-process",
-                skrep_q=1.0,
-                peer_q=pearson(p["values"], ref_head),
-            )
-        )
         p = captum(lambda: TracInCPFast(work, work[-1], ds, paths, load_ckpt, loss_fn=loss, batch_size=bs))
         rows.append(
             row(

@@ -39,6 +39,7 @@ from ._progress import progress
 from .kernels.blocks import DEFAULT_BLOCK_BYTES, check_dense_size, dense_scores, plan_blocks, prefetch
 from .kernels.embeddings import Embedding, class_order, dtype_of, map_tensors
 from .kernels.topk import TopK, merge_topk, stream_topk
+from .store import release_pages
 
 __all__ = ["chunk_bounds", "topk_scores", "all_scores", "dask_client"]
 
@@ -50,9 +51,25 @@ _SCATTERED: dict[tuple[str, int, tuple[tuple[int, int], ...]], list[Any]] = {}
 
 
 def chunk_bounds(test: Embedding, train: Embedding, block_bytes: int, k: int = 1) -> list[tuple[int, int]]:
-    """``[(start, stop), ...]`` over the training rows: one score block's worth each."""
+    """``[(start, stop), ...]`` over the training rows: one score block's worth each.
+
+    A chunk's training rows also fit ``block_bytes``: a few test points must not make a chunk
+    of the whole (possibly memory-mapped) training side.
+    """
     rows = plan_blocks(test, train, block_bytes, min_train_rows=k).train_rows
+    rows = max(k, min(rows, block_bytes // _row_bytes(train)))
     return [(s, min(s + rows, len(train))) for s in range(0, len(train), rows)]
+
+
+def _row_bytes(e: Embedding) -> int:
+    sizes: list[int] = []
+
+    def measure(t: torch.Tensor) -> torch.Tensor:
+        sizes.append(t[:1].numel() * t.element_size())
+        return t
+
+    map_tensors(e, measure)
+    return max(1, sum(sizes))
 
 
 def dask_client(client: Any = None) -> Any:
@@ -184,14 +201,17 @@ def _map_chunks(
     test = test.to(device)  # once, not once per chunk
     if effective_n_jobs(n_jobs) == 1:
         chunks = prefetch((train.rows(a, b) for a, b in bounds), device)
-        for (start, _), chunk in progress(zip(bounds, chunks, strict=True), verbose, "explain", total=len(bounds)):
+        for (start, stop), chunk in progress(zip(bounds, chunks, strict=True), verbose, "explain", total=len(bounds)):
             yield fn(test, chunk, start, *args)
+            map_tensors(train.rows(start, stop), release_pages)  # a store's pages: one chunk's worth at a time
         return
     jobs = (delayed(fn)(test, train.rows(a, b), a, *args) for a, b in bounds)
     # threads by default (torch releases the GIL; nothing is copied); a joblib.parallel_backend
     # context chooses another backend
     results: Iterable[Any] = Parallel(n_jobs=n_jobs, prefer="threads", return_as="generator")(jobs)
-    yield from progress(results, verbose, "explain", total=len(bounds))
+    for (start, stop), result in progress(zip(bounds, results, strict=True), verbose, "explain", total=len(bounds)):
+        yield result
+        map_tensors(train.rows(start, stop), release_pages)
 
 
 def _dask_map(

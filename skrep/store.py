@@ -37,10 +37,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import mmap
 import os
 import pickle
 import shutil
 import uuid
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +53,7 @@ from torch import nn
 
 from ._version import __version__
 
-__all__ = ["FORMAT_VERSION", "write_store", "read_store", "model_fingerprint"]
+__all__ = ["FORMAT_VERSION", "write_store", "read_store", "model_fingerprint", "release_pages"]
 
 FORMAT = "skrep-store"
 FORMAT_VERSION = 1
@@ -255,6 +257,8 @@ class _Unpickler(pickle.Unpickler):
             # copy-on-write mapping: writable for torch, the file never changes
             a = np.load(self._folder / name, mmap_mode="c", allow_pickle=False)
             self._loaded[name] = _as(kind, dtype, order, a)
+            if isinstance(a, np.memmap) and a.nbytes:
+                _MAPPINGS.append(_Mapping(a))
         return self._loaded[name]
 
     def find_class(self, module: str, name: str) -> Any:
@@ -273,6 +277,48 @@ class _Unpickler(pickle.Unpickler):
         if not allowed:
             raise pickle.UnpicklingError(f"The store's state names {module}.{name}, which a skrep store never holds.")
         return super().find_class(module, name)
+
+
+class _Mapping:
+    """The address range of one memory-mapped store file, held weakly."""
+
+    def __init__(self, a: np.memmap):
+        self.start = a.ctypes.data
+        self.stop = self.start + a.nbytes
+        self._memmap = weakref.ref(a)
+
+    def release(self, start: int, stop: int) -> bool:
+        """Drop the resident pages of [start, stop) if it lies in this mapping; whether it did."""
+        a = self._memmap()
+        mapped = None if a is None else getattr(a, "_mmap", None)
+        if a is None or mapped is None or not (self.start <= start and stop <= self.stop):
+            return False
+        # numpy maps the file from the allocation-granularity boundary below the array's offset
+        base = self.start - a.offset % mmap.ALLOCATIONGRANULARITY
+        lo = (start - base) // mmap.PAGESIZE * mmap.PAGESIZE
+        hi = -(-(stop - base) // mmap.PAGESIZE) * mmap.PAGESIZE
+        mapped.madvise(mmap.MADV_DONTNEED, lo, min(hi, len(mapped)) - lo)
+        return True
+
+
+_MAPPINGS: list[_Mapping] = []
+
+
+def release_pages(t: torch.Tensor) -> torch.Tensor:
+    """Let the pages of ``t`` that come from a store file leave this process's resident memory.
+
+    Called after each training chunk is scored, so that streaming over a store holds one chunk,
+    not the whole file, in memory. The mapping is copy-on-write and never written, so the pages
+    are read back from the file (usually the OS page cache) when touched again; any other
+    tensor is left alone.
+    """
+    if hasattr(mmap, "MADV_DONTNEED") and t.device.type == "cpu" and t.numel():
+        start = t.data_ptr()
+        stop = start + t.numel() * t.element_size()  # rows of a row-major array: one range
+        if t.is_contiguous():
+            _MAPPINGS[:] = [m for m in _MAPPINGS if m._memmap() is not None]
+            any(m.release(start, stop) for m in _MAPPINGS)
+    return t
 
 
 def _outer_first(t: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...] | None]:

@@ -121,6 +121,10 @@ a store state that names code            ValueError; the code never runs -> test
 a folder that is not a store             refused; its files untouched -> test_not_a_store
 KeyboardInterrupt / OSError while        no temporary folder left; the explainer and the old store as they were
   writing a store                        -> test_interrupted_write_leaves_no_partial_files
+KeyboardInterrupt during a streaming     the explainer unchanged, no file written; the next explain is the same
+  explain from a store                   -> test_interrupted_explain_leaves_the_explainer_as_it_was
+explain streaming a store                one chunk's pages resident at a time, not the file
+                                         -> test_explain_streams_a_store_without_keeping_it_resident
 n_jobs=2, -1 (threads)                   bit-identical to n_jobs=None
   -> test_n_jobs_and_joblib_backends_give_identical_bits
 joblib loky backend, Dask LocalCluster   same top-k indices; values equal to float rounding (other processes

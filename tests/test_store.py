@@ -217,3 +217,52 @@ def test_bfloat16_and_small_arrays_round_trip(tmp_path):
     assert np.array_equal(
         RepresenterPoints(net).fit(store=tmp_path / "s").explain(X[:3]).values, a.explain(X[:3]).values
     )
+
+
+def _rss_file_bytes():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("RssFile:"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RssFile from /proc")
+def test_explain_streams_a_store_without_keeping_it_resident(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(100_000, 64)).astype(np.float32)
+    net = nn.Sequential(nn.Linear(64, 3))
+    y = rng.integers(0, 3, len(X))
+    want = RepresenterPoints(net, block_bytes=2**20).fit(X, y).explain(X[:50], top_k=5)
+    reopened = RepresenterPoints(net, block_bytes=2**20).fit(X, y, store=tmp_path / "s")
+    features = reopened.train_features_
+    before = _rss_file_bytes()
+    got = reopened.explain(X[:50], top_k=5)
+    grown = _rss_file_bytes() - before
+    # every training page was read, yet at most a few chunks' worth stayed resident
+    assert grown < 0.25 * features.numel() * features.element_size()
+    for name, value in want.top.items():
+        assert np.array_equal(value, got.top[name]), name
+
+
+def test_interrupted_explain_leaves_the_explainer_as_it_was(digits_mlp, data, stored, monkeypatch):
+    import skrep.parallel
+
+    _, _, Xt, _ = data
+    ex = RepresenterPoints(digits_mlp, block_bytes=2**12).fit(store=stored)
+    want = ex.explain(Xt, top_k=4)
+    state = dict(ex.__dict__)
+    real, calls = skrep.parallel._chunk_topk, []
+
+    def interrupted(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(skrep.parallel, "_chunk_topk", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ex.explain(Xt, top_k=4)
+    monkeypatch.undo()
+    assert ex.__dict__.keys() == state.keys() and all(ex.__dict__[k] is v for k, v in state.items())
+    got = ex.explain(Xt, top_k=4)
+    for name, value in want.top.items():
+        assert np.array_equal(value, got.top[name]), name
+    assert sorted(p.name for p in stored.parent.iterdir()) == [stored.name]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -349,7 +350,10 @@ def _as_tensor(X: Any, dtype: torch.dtype) -> torch.Tensor:
         a = np.asarray(X)
         if a.dtype.kind in "OUSV" or a.dtype == np.bool_:
             raise TypeError(f"X must be numeric; got an array of dtype {a.dtype}.")
-        t = torch.from_numpy(np.ascontiguousarray(a))
+        with warnings.catch_warnings():
+            # X is only read: a read-only array (e.g. np.load(..., mmap_mode="r")) is fine as it is
+            warnings.filterwarnings("ignore", "The given NumPy array is not writable", UserWarning)
+            t = torch.from_numpy(np.ascontiguousarray(a))
     if t.is_complex():
         raise ValueError("Complex data not supported: X must hold real numbers.")
     if t.dtype == torch.bool:
