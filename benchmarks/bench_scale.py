@@ -11,6 +11,7 @@
    2 worker processes against one process; speed-up, and the first call's overhead (scatter).
 
 Usage: python benchmarks/bench_scale.py [--n-train 1000000] [--dim 256] [--n-test 1000] [--dask-train 200000]
+       [--device auto|cpu|cuda]
 Results: benchmarks/results/bench_scale.json
 """
 
@@ -60,21 +61,24 @@ def _peak_rss() -> int:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
 
 
-def explain_in_fresh_process(folder: Path) -> dict:
+def explain_in_fresh_process(folder: Path, device: str) -> dict:
     """Run this file's ``--explain-only`` mode in a new process and read what it measured."""
     out = subprocess.run(
-        [sys.executable, __file__, "--explain-only", str(folder)], check=True, capture_output=True, text=True
+        [sys.executable, __file__, "--explain-only", str(folder), "--device", device],
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def explain_only(folder: Path) -> None:
+def explain_only(folder: Path, device: str) -> None:
     """The fresh process: reopen the store, explain, and measure against a bare matmul."""
     rss_start = _peak_rss()
     head = torch.load(folder / "head.pt", weights_only=False)
     test = np.load(folder / "test.npy")
     t0 = time.perf_counter()
-    rps = RepresenterPoints(head, lam=LAM).fit(store=folder / "store")
+    rps = RepresenterPoints(head, lam=LAM, device=device).fit(store=folder / "store")
     t_open = time.perf_counter() - t0
     rps.explain(test[:10], top_k=K)  # warm-up (thread pools), touches every training page once
     t_explain, E = timeit(lambda: rps.explain(test, top_k=K), 2)
@@ -84,14 +88,17 @@ def explain_only(folder: Path) -> None:
     flops = 2.0 * len(test) * n * d1  # the Gram products; the class-selector products are 1/d1 of that
     # the floor: the same (n_test x d1) @ (d1 x rows) products over in-memory blocks of the same size
     rows = 8192
-    A = torch.cat([torch.as_tensor(test), torch.ones(len(test), 1)], 1)
-    B = torch.randn(rows, d1)
-    C = torch.empty(len(test), rows)
+    dev = rps.device_
+    A = torch.cat([torch.as_tensor(test), torch.ones(len(test), 1)], 1).to(dev)
+    B = torch.randn(rows, d1, device=dev)
+    C = torch.empty(len(test), rows, device=dev)
     reps = max(1, n // rows)
 
     def bare() -> None:
         for _ in range(reps):
             torch.mm(A, B.T, out=C)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
 
     t_mm, _ = timeit(bare, 2)
     mm_rate = 2.0 * len(test) * rows * reps * d1 / t_mm
@@ -112,14 +119,14 @@ def explain_only(folder: Path) -> None:
     )
 
 
-def dask_comparison(folder: Path, n: int, test: np.ndarray) -> dict:
+def dask_comparison(folder: Path, n: int, test: np.ndarray, device: str) -> dict:
     import distributed
 
     head = torch.load(folder / "head.pt", weights_only=False)
     F = np.load(folder / "features.npy", mmap_mode="r")[:n]
     with torch.no_grad():
         y = head(torch.as_tensor(np.asarray(F))).argmax(1).numpy()
-    rps = RepresenterPoints(head, lam=LAM, batch_size=65536).fit(np.asarray(F), y)
+    rps = RepresenterPoints(head, lam=LAM, batch_size=65536, device=device).fit(np.asarray(F), y)
     t_one, E1 = timeit(lambda: rps.explain(test, top_k=K), 2)
     with (
         distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as lc,
@@ -147,10 +154,11 @@ def main() -> None:
     p.add_argument("--n-test", type=int, default=1000)
     p.add_argument("--dask-train", type=int, default=200_000)
     p.add_argument("--folder", default=None, help="where the data and store go (default: a temporary folder)")
+    p.add_argument("--device", default="auto", help="where explain runs: auto, cpu or cuda")
     p.add_argument("--explain-only", default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.explain_only:
-        explain_only(Path(a.explain_only))
+        explain_only(Path(a.explain_only), a.device)
         return
     folder = Path(a.folder or tempfile.mkdtemp(prefix="skrep-scale-"))
     folder.mkdir(parents=True, exist_ok=True)
@@ -168,11 +176,11 @@ def main() -> None:
             ]
         )
     t0 = time.perf_counter()
-    rps = RepresenterPoints(head, lam=LAM, batch_size=65536).fit(X, y, store=folder / "store")
+    rps = RepresenterPoints(head, lam=LAM, batch_size=65536, device=a.device).fit(X, y, store=folder / "store")
     t_fit = time.perf_counter() - t0
     fit_info = {"fit_s": t_fit, "newton_steps": rps.n_iter_, "grad_norm": rps.grad_norm_}
     del rps, X
-    fresh = explain_in_fresh_process(folder)
+    fresh = explain_in_fresh_process(folder, a.device)
     feature_bytes = path.stat().st_size
     results = {
         "shape": {"n_train": a.n_train, "dim": a.dim, "classes": K, "n_test": a.n_test, "lam": LAM},
@@ -183,7 +191,7 @@ def main() -> None:
         "explain_fresh_process": fresh,
         "peak_rss_over_feature_file": fresh["peak_rss_bytes"] / feature_bytes,
         "targets": {"peak_rss_over_feature_file_max": 1.5, "flop_rate_ratio_min": 0.5},
-        "dask": dask_comparison(folder, min(a.dask_train, a.n_train), test),
+        "dask": dask_comparison(folder, min(a.dask_train, a.n_train), test, a.device),
     }
     write_results("bench_scale" if a.n_train == 1_000_000 else f"bench_scale_{a.n_train}", results)
 
