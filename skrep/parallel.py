@@ -120,9 +120,7 @@ def topk_scores(
     TopK
     """
     k = min(int(k), len(train))
-    order = class_order(test)
-    if order is not None:
-        test = map_tensors(test, lambda t: t[order])
+    test, order = _grouped_by_class(test)
     bounds = chunk_bounds(test, train, block_bytes, k)
     parts = _map_chunks(_chunk_topk, test, train, bounds, device, block_bytes, (k,), n_jobs, client, verbose)
     running: TopK | None = None
@@ -150,9 +148,7 @@ def all_scores(
 ) -> torch.Tensor:
     """The full (n_test, n_train) score matrix, chunk by chunk; refused above ``max_dense_bytes``."""
     check_dense_size(test, train, max_dense_bytes)
-    order = class_order(test)
-    if order is not None:
-        test = map_tensors(test, lambda t: t[order])
+    test, order = _grouped_by_class(test)
     bounds = chunk_bounds(test, train, block_bytes)
     out = torch.empty(len(test), len(train), dtype=dtype_of(test))
     rows = slice(None) if order is None else order
@@ -162,6 +158,12 @@ def all_scores(
     if offset is not None:
         out += offset.to(out.dtype).reshape(-1, 1)
     return out
+
+
+def _grouped_by_class(test: Embedding) -> tuple[Embedding, torch.Tensor | None]:
+    """The test rows grouped by the class they select (see ``class_order``), and that order."""
+    order = class_order(test)
+    return (test, None) if order is None else (map_tensors(test, lambda t: t[order]), order)
 
 
 def _chunk_topk(test: Embedding, chunk: Embedding, start: int, device: Any, block_bytes: int, k: int) -> TopK:
@@ -199,19 +201,18 @@ def _map_chunks(
         yield from _dask_map(client, fn, test, train, bounds, args, verbose)
         return
     test = test.to(device)  # once, not once per chunk
+    results: Iterable[Any]
     if effective_n_jobs(n_jobs) == 1:
         chunks = prefetch((train.rows(a, b) for a, b in bounds), device)
-        for (start, stop), chunk in progress(zip(bounds, chunks, strict=True), verbose, "explain", total=len(bounds)):
-            yield fn(test, chunk, start, *args)
-            map_tensors(train.rows(start, stop), release_pages)  # a store's pages: one chunk's worth at a time
-        return
-    jobs = (delayed(fn)(test, train.rows(a, b), a, *args) for a, b in bounds)
-    # threads by default (torch releases the GIL; nothing is copied); a joblib.parallel_backend
-    # context chooses another backend
-    results: Iterable[Any] = Parallel(n_jobs=n_jobs, prefer="threads", return_as="generator")(jobs)
+        results = (fn(test, chunk, a, *args) for (a, _), chunk in zip(bounds, chunks, strict=True))
+    else:
+        jobs = (delayed(fn)(test, train.rows(a, b), a, *args) for a, b in bounds)
+        # threads by default (torch releases the GIL; nothing is copied); a joblib.parallel_backend
+        # context chooses another backend
+        results = Parallel(n_jobs=n_jobs, prefer="threads", return_as="generator")(jobs)
     for (start, stop), result in progress(zip(bounds, results, strict=True), verbose, "explain", total=len(bounds)):
         yield result
-        map_tensors(train.rows(start, stop), release_pages)
+        map_tensors(train.rows(start, stop), release_pages)  # a store's pages: one chunk's worth at a time
 
 
 def _dask_map(

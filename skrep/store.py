@@ -82,10 +82,12 @@ def model_fingerprint(model: Any) -> str:
     return joblib.hash(model, hash_name="sha1")
 
 
-def write_store(explainer: Any, path: str | os.PathLike) -> None:
+def write_store(explainer: Any, path: str | os.PathLike) -> dict[str, Any]:
     """Write ``explainer``'s fitted state to the folder ``path``, atomically.
 
     An existing store at ``path`` is replaced; any other existing file or folder is refused.
+    Returns the state as written, its arrays memory-mapped from the new files (nothing to check:
+    this process just wrote them).
     """
     path = Path(path)
     if path.exists() and not (path / _MANIFEST).is_file():
@@ -118,6 +120,7 @@ def write_store(explainer: Any, path: str | os.PathLike) -> None:
             path.rename(old)
         tmp.rename(path)
         shutil.rmtree(old, ignore_errors=True)
+        return _load_state(state, explainer, path, arrays)
     finally:  # a failure or an interrupt, or the rename already done: no temporary folder stays
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -156,9 +159,13 @@ def read_store(explainer: Any, path: str | os.PathLike) -> dict[str, Any]:
     if hashlib.sha256(state).hexdigest() != manifest["state"]["sha256"]:
         raise ValueError(f"The store at {str(path)!r} is damaged: {_STATE} does not match its checksum. {refit}")
     try:
-        return _Unpickler(io.BytesIO(state), explainer.model, path, manifest["arrays"]).load()
+        return _load_state(state, explainer, path, manifest["arrays"])
     except pickle.UnpicklingError as e:
         raise ValueError(f"The store at {str(path)!r} cannot be read: {e} {refit}") from None
+
+
+def _load_state(state: bytes, explainer: Any, path: Path, arrays: dict[str, Any]) -> dict[str, Any]:
+    return _Unpickler(io.BytesIO(state), explainer.model, path, arrays).load()
 
 
 def _manifest(path: Path) -> dict[str, Any]:

@@ -197,8 +197,7 @@ class BaseExplainer(BaseEstimator):
                 return self
             self._fit(X, y)
             if store is not None:
-                write_store(self, store)
-                self.__dict__.update(read_store(self, store))  # the arrays, memory-mapped from the store
+                self.__dict__.update(write_store(self, store))  # the arrays, memory-mapped from the store
             return self
         except BaseException:
             # a failed or interrupted fit leaves the explainer as it was, never half-refit

@@ -210,11 +210,10 @@ def _class_runs(a: torch.Tensor) -> list[tuple[int, int, int]] | None:
 def _dense_factored(dense: Dense, fac: Factored, dense_rows_first: bool) -> torch.Tensor:
     """<dense_j, fac_i> as (len(dense), len(fac)) or, with ``dense_rows_first=False``, its transpose."""
     m, k, d = dense.u.shape
-    nz = fac.a != 0
-    if k > 1 and bool((nz.sum(1) == 1).all()):
+    cls = _selected_class(fac.a)
+    if cls is not None:
         # one class per factored row (a class selector): only that class's slice of each dense
         # row is needed, k times fewer products than the general case
-        cls = nz.to(torch.uint8).argmax(1)
         scale = fac.a.gather(1, cls[:, None])
         shape = (m, len(fac)) if dense_rows_first else (len(fac), m)
         out = torch.empty(shape, dtype=dense.u.dtype, device=dense.u.device)
