@@ -7,6 +7,7 @@ state dict) and ``data.npz`` (``X_train``, ``y_train``, ``X_test``, ``y_test``).
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from pathlib import Path
@@ -62,6 +63,15 @@ def warm_up() -> None:
     flat = torch.cat([v.reshape(-1) for v in params.values()])
     jacfwd(jacrev(lambda f: (f**3).sum()))(flat)
     net(x).sum().backward()
+
+
+def parse_and_warm_up(p: argparse.ArgumentParser) -> argparse.Namespace:
+    """Parse a runner's command line with the shared ``--warmup`` flag, warming up when it is given."""
+    p.add_argument("--warmup", action="store_true", help="pay torch.func's start-up before timing (warm_up)")
+    a = p.parse_args()
+    if a.warmup:
+        warm_up()
+    return a
 
 
 class Stopwatch:

@@ -58,7 +58,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import torch
-from _workload import Stopwatch, load, save, warm_up
+from _workload import Stopwatch, load, parse_and_warm_up, save
 from dattri.algorithm.influence_function import (
     IFAttributorArnoldi,
     IFAttributorCG,
@@ -105,11 +105,8 @@ def main() -> None:
     p.add_argument("--rps-epochs", type=int, default=3000, help="rps: its 'epoch'")
     p.add_argument("--rps-bias-feature", action="store_true", help="rps: fold the bias into a constant feature")
     p.add_argument("--tracin-proj-dim", type=int, default=0, help="tracin: random projection dim (0: none)")
-    p.add_argument("--warmup", action="store_true", help="pay torch.func's start-up before timing (warm_up)")
-    a = p.parse_args()
+    a = parse_and_warm_up(p)
     watch = Stopwatch()
-    if a.warmup:
-        warm_up()
     spec, model, X, y, Xt, yt = load(a.workdir)
     n = len(X)
     if a.n_test:

@@ -29,7 +29,7 @@ import argparse
 from importlib.metadata import version
 
 import torch
-from _workload import Stopwatch, load, save, warm_up
+from _workload import Stopwatch, load, parse_and_warm_up, save
 from pydvl.influence.torch import ArnoldiInfluence, CgInfluence, DirectInfluence, LissaInfluence
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
@@ -48,11 +48,8 @@ def main() -> None:
     p.add_argument("--rank", type=int, default=10, help="arnoldi: its 'rank' (default: its own, 10)")
     p.add_argument("--batch-size", type=int, default=2000, help="training points per Hessian batch")
     p.add_argument("--chunk", type=int, default=1000, help="training points per influences_from_factors call")
-    p.add_argument("--warmup", action="store_true", help="pay torch.func's start-up before timing (warm_up)")
-    a = p.parse_args()
+    a = parse_and_warm_up(p)
     watch = Stopwatch()
-    if a.warmup:
-        warm_up()
     spec, model, X, y, Xt, yt = load(a.workdir)
     n, batch = len(X), min(a.batch_size, len(X))
     if n % batch:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from _workload import Stopwatch, load, save, warm_up
+from _workload import Stopwatch, load, parse_and_warm_up, save
 
 import skrep
 from skrep import InfluenceFunctions, RepresenterPoints, TracIn
@@ -35,11 +35,8 @@ def main() -> None:
     p.add_argument("--lam", type=float, default=3e-3, help="rps: L2 strength of the refit")
     p.add_argument("--projection-dim", type=int, default=None, help="tracin: random projection dim")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--warmup", action="store_true", help="pay torch.func's start-up before timing (warm_up)")
-    a = p.parse_args()
+    a = parse_and_warm_up(p)
     watch = Stopwatch()
-    if a.warmup:
-        warm_up()
     spec, model, X, y, Xt, yt = load(a.workdir)
     info: dict = {}
     if a.method == "rps":
