@@ -46,14 +46,8 @@ class LinearAdapter:
 
     def __init__(self, model: BaseEstimator):
         self.model = model
-        self.estimator, self.transform = _split_pipeline(model)
+        self.estimator, self.transform = fitted_final_step(model, SUPPORTED_LINEAR, "LinearAdapter", "coef_")
         est = self.estimator
-        if not isinstance(est, SUPPORTED_LINEAR):
-            raise TypeError(
-                f"LinearAdapter supports {', '.join(c.__name__ for c in SUPPORTED_LINEAR)} "
-                f"(optionally as the last step of a Pipeline); got {type(est).__name__}."
-            )
-        check_is_fitted(est, "coef_", msg=f"This {type(est).__name__} is not fitted yet: fit it before explaining it.")
         coef = np.atleast_2d(np.asarray(est.coef_, dtype=np.float64))
         self.classes_ = getattr(est, "classes_", None)
         if isinstance(est, SGDClassifier):
@@ -141,9 +135,19 @@ class LinearAdapter:
         return self.forward(X)[1]
 
 
-def _split_pipeline(model: Any) -> tuple[Any, Any]:
+def fitted_final_step(model: Any, supported: tuple[type, ...], adapter: str, fitted: str) -> tuple[Any, Any]:
+    """``(estimator, transform)``: the model (or a Pipeline's last step) and the steps before it.
+
+    Refuses an estimator of a type ``adapter`` does not support, or one without the fitted
+    attribute ``fitted``.
+    """
+    est, transform = model, None
     if isinstance(model, Pipeline):
-        if len(model.steps) == 1:
-            return model.steps[-1][1], None
-        return model.steps[-1][1], model[:-1]
-    return model, None
+        est, transform = model.steps[-1][1], (None if len(model.steps) == 1 else model[:-1])
+    if not isinstance(est, supported):
+        raise TypeError(
+            f"{adapter} supports {', '.join(c.__name__ for c in supported)} "
+            f"(optionally as the last step of a Pipeline); got {type(est).__name__}."
+        )
+    check_is_fitted(est, fitted, msg=f"This {type(est).__name__} is not fitted yet: fit it before explaining it.")
+    return est, transform

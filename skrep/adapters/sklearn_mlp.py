@@ -12,11 +12,10 @@ import numpy as np
 import torch
 from sklearn.neural_network import MLPClassifier
 from sklearn.neural_network._base import ACTIVATIONS
-from sklearn.utils.validation import check_is_fitted
 
 from ..losses import Loss, get_loss
 from .base import check_features
-from .linear import _split_pipeline
+from .linear import fitted_final_step
 
 __all__ = ["SKLearnMLPAdapter", "SUPPORTED_MLP"]
 
@@ -63,14 +62,8 @@ class SKLearnMLPAdapter:
 
     def __init__(self, model: Any):
         self.model = model
-        self.estimator, self.transform = _split_pipeline(model)
+        self.estimator, self.transform = fitted_final_step(model, SUPPORTED_MLP, "SKLearnMLPAdapter", "coefs_")
         est = self.estimator
-        if not isinstance(est, SUPPORTED_MLP):
-            raise TypeError(
-                f"SKLearnMLPAdapter supports MLPClassifier (optionally as the last step of a Pipeline); "
-                f"got {type(est).__name__}."
-            )
-        check_is_fitted(est, "coefs_", msg="This MLPClassifier is not fitted yet: fit it before explaining it.")
         if est.out_activation_ == "softmax":
             self._loss = get_loss("softmax")
         elif est.out_activation_ == "logistic" and len(est.classes_) == 2 and est.n_outputs_ == 1:
