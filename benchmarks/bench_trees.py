@@ -4,6 +4,13 @@ Workload (issue #5): 500 trees of depth 6 on 100,000 generated rows x 20 feature
 training labels flipped; fit + explain(top_k=10) for 1,000 test rows. Quality: the share of flipped
 labels found when checking the top 10% by each method's self-influence.
 
+skrep's BoostingTracIn is the same method as BoostIn (TracIn over the boosting rounds; the two
+differ in one term of the leaf derivative), so that pair is the like-for-like comparison;
+RepresenterPoints (a refit of the final leaves) is timed too. At the full scale BoostIn's
+self-influence is taken as the row sums of its own two factors (``--self-from-factors`` of the
+runner): its get_self_influence forms the (n_train x n_train) diagonal in batches, hours here. At
+``--small`` it runs the peer's own get_self_influence.
+
 BoostIn runs in its own venv (see benchmarks/peers/tree_influence_runner.py for how to build it);
 where the venv is missing, its columns say so. Its local influence is timed on ``--peer-test`` test
 rows and scaled linearly to the full test set (its cost is linear in test rows), which the results
@@ -26,7 +33,7 @@ import xgboost
 from _common import peak_rss, write_results
 from sklearn.datasets import make_classification
 
-from skrep import RepresenterLJE, RepresenterPoints
+from skrep import BoostingTracIn, RepresenterLJE, RepresenterPoints
 
 PEER_PYTHON = Path("/work/venvs/treeinf/bin/python")
 RUNNER = Path(__file__).parent / "peers" / "tree_influence_runner.py"
@@ -59,6 +66,25 @@ def main() -> None:
     results["xgboost_train_s"] = train_s
 
     ours = {}
+    with peak_rss() as mem:
+        t = time.perf_counter()
+        tracin = BoostingTracIn(model).fit(X_train, y_train)
+        fit_s = time.perf_counter() - t
+        t = time.perf_counter()
+        tracin.explain(X_test, y_test, top_k=10)
+        explain_s = time.perf_counter() - t
+    t = time.perf_counter()
+    self_tracin = tracin.self_influence()
+    ours["boosting_tracin"] = dict(
+        fit_s=fit_s,
+        explain_s=explain_s,
+        total_s=fit_s + explain_s,
+        self_s=time.perf_counter() - t,
+        peak_rss_gb=mem["delta"] / 2**30,
+        replay_error=tracin.replay_error_,
+        found_at_10=found_at(self_tracin, flipped),
+    )
+    dense_tracin = tracin.explain(X_test[: args.peer_test], y_test[: args.peer_test]).values
     with peak_rss() as mem:
         t = time.perf_counter()
         rps = RepresenterPoints(model, lam=1e-3).fit(X_train, y_train)
@@ -109,6 +135,7 @@ def main() -> None:
             cmd = [str(PEER_PYTHON), str(RUNNER), "--model", f"{tmp}/m.json", "--data", f"{tmp}/d.npz"]
             cmd += ["--methods", "boostin", "--top-k", "10", "--out", f"{tmp}/o.npz", "--max-seconds", "3000"]
             cmd += ["--xgb-params", f"{tmp}/params.json"] + (["--skip-self"] if args.skip_peer_self else [])
+            cmd += [] if args.small else ["--self-from-factors"]
             subprocess.run(cmd, check=False)
             out = np.load(f"{tmp}/o.npz", allow_pickle=True)
             peer = {k[len("boostin_") :]: out[k] for k in out.files if k.startswith("boostin_")}
@@ -126,9 +153,14 @@ def main() -> None:
                     found_at_10=None
                     if args.skip_peer_self
                     else found_at(np.asarray(peer["self_influence"], dtype=float), flipped),
+                    self_note=str(peer.get("self_note", "")),
                     peak_rss_gb=float(peer["peak_rss_mb"]) / 1024,
                 )
-                results["speedup_rps_vs_boostin"] = results["boostin"]["total_s"] / ours["rps"]["total_s"]
+                if "values" in peer:  # the same test rows, same labels: how close the two definitions are
+                    a, b = dense_tracin.ravel(), np.asarray(peer["values"], dtype=np.float64).ravel()
+                    results["boosting_tracin_vs_boostin_pearson"] = float(np.corrcoef(a, b)[0, 1])
+                for name in ("boosting_tracin", "rps"):
+                    results[f"speedup_{name}_vs_boostin"] = results["boostin"]["total_s"] / ours[name]["total_s"]
     results["note"] = "2-core CPU shared with other jobs during the run: timings are noisy"
     write_results("bench_trees_small" if args.small else "bench_trees", results)
 

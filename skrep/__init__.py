@@ -14,7 +14,7 @@ from .adapters import (
     make_adapter,
 )
 from .cleaning import CleanLabelsClassifier, LabelCleaner
-from .explainers import BaseExplainer, InfluenceFunctions, RepresenterLJE, RepresenterPoints, TracIn
+from .explainers import BaseExplainer, BoostingTracIn, InfluenceFunctions, RepresenterLJE, RepresenterPoints, TracIn
 from .explanation import Explanation
 from .neurons import (
     ClassDoI,
@@ -30,6 +30,7 @@ from .selection import RepresenterSelector
 
 __all__ = [
     "BaseExplainer",
+    "BoostingTracIn",
     "ClassDoI",
     "ClassQoI",
     "CleanLabelsClassifier",

@@ -10,7 +10,8 @@ from sklearn.exceptions import ConvergenceWarning
 
 from skrep.kernels import Dense, Factored, dense_scores, pair_block, pair_rows, stream_topk, total
 from skrep.kernels.head import HeadObjective, newton_solve
-from skrep.kernels.solvers import batched_conjugate_gradient, conjugate_gradient
+from skrep.kernels.leaves import LeafMatrix, rowdot
+from skrep.kernels.solvers import batched_conjugate_gradient, conjugate_gradient, nystrom_preconditioner
 from skrep.losses import get_loss
 
 
@@ -139,3 +140,69 @@ def test_batched_cg_warns_when_it_stops_short():
         warnings.simplefilter("error")
         X, _ = batched_conjugate_gradient(lambda V: V @ A, B, rtol=1e-10, max_iter=200)
     torch.testing.assert_close(X, torch.linalg.solve(A, B.T).T, rtol=1e-6, atol=1e-8)
+
+
+def _outlier_operator(dim=400, outliers=12, shift=0.05, seed=0):
+    """H + shift I with H = a few large eigenvalues over a bulk near zero: a network Hessian's shape."""
+    g = torch.Generator().manual_seed(seed)
+    Q, _ = torch.linalg.qr(torch.randn(dim, dim, generator=g, dtype=torch.float64))
+    top = torch.logspace(3, 1, outliers, dtype=torch.float64)
+    lam = torch.cat([top, torch.rand(dim - outliers, generator=g, dtype=torch.float64) * 0.5])
+    H = Q @ torch.diag(lam) @ Q.T
+    return H + shift * torch.eye(dim, dtype=torch.float64), lam
+
+
+def test_nystrom_preconditioner_finds_the_top_and_cuts_cg_iterations():
+    A, lam = _outlier_operator()
+    B = torch.randn(5, 400, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    P, sketched = nystrom_preconditioner(lambda V: V @ A, 400, 30, shift=0.05, seed=0)
+    # a Nystrom sketch is a lower bound of the operator, close at the very top
+    assert (sketched[:12] <= lam[:12] * (1 + 1e-9)).all()
+    np.testing.assert_allclose(sketched[:3].numpy(), lam[:3].numpy(), rtol=0.03)
+    X_plain, it_plain = batched_conjugate_gradient(lambda V: V @ A, B, rtol=1e-10, max_iter=2000)
+    X_pre, it_pre = batched_conjugate_gradient(lambda V: V @ A, B, precond=P, rtol=1e-10, max_iter=2000)
+    exact = torch.linalg.solve(A, B.T).T
+    torch.testing.assert_close(X_pre, exact, rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(X_plain, exact, rtol=1e-7, atol=1e-9)
+    assert it_pre <= it_plain / 2, (it_pre, it_plain)
+    # a symmetric positive definite map, as CG needs
+    M = P(torch.eye(400, dtype=torch.float64))
+    torch.testing.assert_close(M, M.T)
+    assert float(torch.linalg.eigvalsh(M).min()) > 0
+
+
+def test_nystrom_preconditioner_keeps_the_positive_top_of_an_indefinite_hessian():
+    A, _ = _outlier_operator(shift=0.0)
+    A = A - 0.2 * torch.eye(400, dtype=torch.float64)  # a few negative eigenvalues in the bulk
+    P, lam = nystrom_preconditioner(lambda V: V @ A, 400, 30, shift=0.0, seed=0)
+    assert (lam > 0).all() and float(lam[0]) == pytest.approx(1000 - 0.2, rel=1e-3)
+    assert float(torch.linalg.eigvalsh(P(torch.eye(400, dtype=torch.float64))).min()) > 0
+
+
+def test_weighted_leaf_matrix_products_equal_its_dense_form():
+    g = torch.Generator().manual_seed(0)
+    n, T, L = 50, 4, 12
+    index = torch.stack([torch.randint(3 * t, 3 * t + 3, (n,), generator=g) for t in range(T)], 1)
+    index[3, 1] = L  # an inactive entry: counts as zero whatever its value
+    for ones in (False, True):
+        for scale in (None, torch.rand(n, generator=g, dtype=torch.float64)):
+            values = torch.randn(n, T, generator=g, dtype=torch.float64)
+            A = LeafMatrix(index, L, ones=ones, scale=scale, values=values, dtype=torch.float64)
+            ref = torch.zeros(n, L + 1, dtype=torch.float64)
+            for i in range(n):
+                for t in range(T):
+                    if index[i, t] < L:
+                        ref[i, index[i, t]] += values[i, t]
+            ref[:, L] = 1.0 if ones else 0.0
+            ref = (ref if ones else ref[:, :L]) * (1.0 if scale is None else scale[:, None])
+            torch.testing.assert_close(A.to_dense(), ref)
+            W = torch.randn(ref.shape[1], 3, generator=g, dtype=torch.float64)
+            torch.testing.assert_close(A @ W, ref @ W)
+            G = torch.randn(2, n, generator=g, dtype=torch.float64)
+            torch.testing.assert_close(G @ A, G @ ref)
+            torch.testing.assert_close(A.cooccurrence(A[10:30]), ref @ ref[10:30].T)
+            torch.testing.assert_close(rowdot(A, A), (ref * ref).sum(1))
+            dense = torch.randn(n, ref.shape[1], generator=g, dtype=torch.float64)
+            torch.testing.assert_close(rowdot(A, dense), (ref * dense).sum(1))
+            w = torch.rand(n, 2, generator=g, dtype=torch.float64)
+            torch.testing.assert_close(A.column_sums(w), ((ref * ref)[:, :, None] * w[:, None, :]).sum(0))

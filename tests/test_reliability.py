@@ -167,6 +167,7 @@ from torch import nn
 
 import skrep
 from skrep import (
+    BoostingTracIn,
     CleanLabelsClassifier,
     GaussianDoI,
     InfluenceFunctions,
@@ -195,7 +196,8 @@ PROPERTY = settings(
 
 N, D = 60, 5
 FAMILIES = ("torch", "linear", "xgboost")
-KEYS = [(family, method) for family in FAMILIES for method in ("rps", "lje", "if")] + [("torch", "tracin")]
+KEYS = [(family, method) for family in FAMILIES for method in ("rps", "lje", "if")]
+KEYS += [("torch", "tracin"), ("xgboost", "boosting_tracin")]
 
 
 # ---- what a clean refusal is -------------------------------------------------------------------------
@@ -287,6 +289,7 @@ def _explainer(method, model):
         "lje": lambda: RepresenterLJE(model, damping=1e-3),
         "if": lambda: InfluenceFunctions(model, damping=1e-3),
         "tracin": lambda: TracIn(model, [model.state_dict()], 0.1),
+        "boosting_tracin": lambda: BoostingTracIn(model),
     }[method]()
 
 
@@ -682,6 +685,7 @@ UNFITTED_CALLS = {
     "InfluenceFunctions.explain_group": lambda net, X, y: InfluenceFunctions(net).explain_group(X, y, [[0]]),
     "TracIn.explain (index)": lambda net, X, y: TracIn(net, [net.state_dict()], index="hnsw").explain(X, top_k=2),
     "TracIn.self_influence": lambda net, X, y: TracIn(net, [net.state_dict()]).self_influence(),
+    "BoostingTracIn.self_influence": lambda net, X, y: BoostingTracIn(net).self_influence(),
     "CleanLabelsClassifier.predict": lambda net, X, y: CleanLabelsClassifier(LogisticRegression()).predict(X),
     "CleanLabelsClassifier.predict_proba": (
         lambda net, X, y: CleanLabelsClassifier(LogisticRegression()).predict_proba(X)

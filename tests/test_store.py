@@ -38,7 +38,7 @@ def _makers(digits_mlp):
     return {
         "rps": lambda: RepresenterPoints(digits_mlp),
         "lje": lambda: RepresenterLJE(digits_mlp),
-        "if-head": lambda: InfluenceFunctions(digits_mlp, solver="cg", damping=1e-3),
+        "if-head": lambda: InfluenceFunctions(digits_mlp, solver="cg", damping=1e-3, random_state=0),
         "if-all": lambda: InfluenceFunctions(digits_mlp, params=["2"], solver="exact", damping=1e-2),
         "tracin-proj": lambda: TracIn(
             digits_mlp, [ckpt, ckpt], [0.1, 0.05], params="all", projection_dim=64, random_state=0

@@ -323,6 +323,20 @@ def batched_self_influence(expl, X, y, batch=100):
     return out
 
 
+def boostin_factor_self_influence(expl, X, y):
+    """BoostIn's self-influence from the peer's own two factors, without its O(n_train^2) diagonal.
+
+    get_local_influence sums ``train_leaf_dvs_ * test_gradients * mask`` over boosts and classes,
+    with mask = [same leaf]; on the diagonal the mask is all ones, so the diagonal is the row sum
+    of ``train_leaf_dvs_ * _compute_gradients(X_train, y_train)``: the peer's own arrays, the
+    same numbers (checked against get_self_influence by benchmarks/bench_trees.py --small).
+    """
+    from tree_influence.explainers.parsers import util
+
+    X, y = util.check_data(X, y, objective=expl.model_.objective)
+    return np.sum(expl.train_leaf_dvs_ * expl._compute_gradients(X, y), axis=(1, 2))
+
+
 def worker(method, args, out_path):
     import warnings
 
@@ -375,8 +389,12 @@ def worker(method, args, out_path):
             _save(out_path, res)
             t = time.perf_counter()
             try:
-                si = expl.get_self_influence(X_tr, y_tr)
-                res["self_note"] = "peer Explainer.get_self_influence"
+                if method == "boostin" and args.self_from_factors:
+                    si = boostin_factor_self_influence(expl, X_tr, y_tr)
+                    res["self_note"] = "row sums of the peer's train_leaf_dvs_ * _compute_gradients (its diagonal)"
+                else:
+                    si = expl.get_self_influence(X_tr, y_tr)
+                    res["self_note"] = "peer Explainer.get_self_influence"
             except TypeError as e:
                 if "verbose" not in str(e):
                     raise
@@ -537,6 +555,11 @@ def main(argv=None):
     )
     p.add_argument("--full-max-entries", type=int, default=20_000_000)
     p.add_argument("--skip-self", action="store_true")
+    p.add_argument(
+        "--self-from-factors",
+        action="store_true",
+        help="BoostIn's self-influence as the row sums of its own factors (the diagonal, in O(n_train))",
+    )
     p.add_argument("--skip-local", action="store_true")
     p.add_argument("--threads", type=int, default=0, help="set OMP/BLAS threads in workers (0: leave)")
     p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)

@@ -16,7 +16,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ..losses import get_loss
 from .base import check_features
-from .trees import TreeEnsembleAdapter
+from .trees import BoostingStep, TreeEnsembleAdapter
 
 __all__ = ["GradientBoostingAdapter"]
 
@@ -79,7 +79,7 @@ class GradientBoostingAdapter(TreeEnsembleAdapter):
             ids = np.flatnonzero(t.children_left == -1)
             leaves.append(ids)
             values.append(model.learning_rate * t.value[ids, 0, 0])
-        self._set_trees(leaves, values, np.tile(np.arange(k), stages), k)
+        self._set_trees(leaves, values, np.tile(np.arange(k), stages), k, np.repeat(np.arange(stages), k))
         # the init's raw prediction is constant: read it at one point, check it at another
         zero = np.zeros((1, self.n_features_in_))
         stated = (
@@ -91,6 +91,20 @@ class GradientBoostingAdapter(TreeEnsembleAdapter):
     def penalty_l2(self, n_samples: int) -> float | None:
         """None: sklearn's gradient boosting puts no penalty on leaf values."""
         return None
+
+    def _replay_problems(self) -> list[str]:
+        if self.model.subsample < 1:
+            return [f"subsample={self.model.subsample:g} (the rows each stage drew are not recorded)"]
+        return []
+
+    def _step(self) -> BoostingStep:
+        # the multinomial leaf update scales its Newton step by (K - 1) / K (Friedman 2001, algorithm 6)
+        k = len(self.classes_) if self.classes_ is not None else 1
+        return BoostingStep(
+            learning_rate=float(self.model.learning_rate),
+            reg_lambda=0.0,
+            hessian_scale=k / (k - 1) if k > 2 else 1.0,
+        )
 
     def _check_X(self, X: Any) -> np.ndarray:
         return check_features(X, self.n_features_in_, dtype=np.float32, allow_nan=True)

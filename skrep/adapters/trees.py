@@ -10,6 +10,7 @@ marks the one free entry of each leaf's row. Subclasses read the trees of one li
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,22 @@ import torch
 from ..kernels.leaves import LeafMatrix
 from ..losses import Loss
 
-__all__ = ["TreeEnsembleAdapter"]
+__all__ = ["BoostingStep", "TreeEnsembleAdapter"]
+
+
+@dataclass(frozen=True)
+class BoostingStep:
+    """How each boosting round set its trees' leaf values, for replaying the training.
+
+    A round fits one tree per margin column; the leaf l of that tree gets the shrunk Newton step
+    ``value_l = -learning_rate * G_l / (H_l + reg_lambda)``, with G_l and H_l the sums over the
+    training points in the leaf of the loss's gradient and of ``hessian_scale`` times its
+    per-column curvature (``p (1 - p)``; 1 for the squared error), at the margins before the round.
+    """
+
+    learning_rate: float
+    reg_lambda: float
+    hessian_scale: float
 
 
 class TreeEnsembleAdapter:
@@ -35,7 +51,14 @@ class TreeEnsembleAdapter:
     n_features_in_: int
     _loss: Loss
 
-    def _set_trees(self, leaves: list[np.ndarray], values: list[np.ndarray], tree_class: np.ndarray, k: int) -> None:
+    def _set_trees(
+        self,
+        leaves: list[np.ndarray],
+        values: list[np.ndarray],
+        tree_class: np.ndarray,
+        k: int,
+        tree_round: np.ndarray,
+    ) -> None:
         """Number every leaf of every tree globally and build the head.
 
         Parameters
@@ -44,6 +67,7 @@ class TreeEnsembleAdapter:
         values : per tree, the leaves' values (as they enter the margin)
         tree_class : (n_trees,) the class (margin column) each tree adds to
         k : number of margin columns
+        tree_round : (n_trees,) the boosting round that grew each tree
         """
         sizes = [len(v) for v in leaves]
         offsets = np.concatenate([[0], np.cumsum(sizes)])
@@ -61,6 +85,8 @@ class TreeEnsembleAdapter:
         self.n_trees_ = len(leaves)
         self._weight = torch.as_tensor(weight)
         self._mask = torch.as_tensor(mask) if k > 1 else None
+        self.tree_class_ = np.asarray(tree_class, dtype=np.int64)
+        self.tree_round_ = np.asarray(tree_round, dtype=np.int64)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -99,6 +125,34 @@ class TreeEnsembleAdapter:
         return self.forward(X)[1]
 
     def penalty_l2(self, n_samples: int) -> float | None:
+        raise NotImplementedError
+
+    def boosting_step(self) -> BoostingStep:
+        """The rule each round set its leaves by; ValueError when this model's training cannot be replayed.
+
+        Replaying needs one tree per margin column and round, in round order, each leaf a plain
+        shrunk Newton step on every training point (no row subsampling, clipping or L1 penalty).
+        """
+        k = 1 if self._mask is None else self._mask.shape[1]
+        rounds = len(self.tree_class_) // k
+        regular = (
+            len(self.tree_class_) == rounds * k
+            and np.array_equal(self.tree_class_, np.tile(np.arange(k), rounds))
+            and np.array_equal(self.tree_round_, np.repeat(np.arange(rounds), k))
+        )
+        problems = self._replay_problems() + ([] if regular else ["rounds that do not grow one tree per class"])
+        if problems:
+            raise ValueError(
+                f"The boosting rounds of this model cannot be replayed: it was trained with {'; '.join(problems)}. "
+                "Explain it with RepresenterPoints, RepresenterLJE or InfluenceFunctions instead, which need "
+                "only the trained trees."
+            )
+        return self._step()
+
+    def _replay_problems(self) -> list[str]:
+        raise NotImplementedError
+
+    def _step(self) -> BoostingStep:
         raise NotImplementedError
 
     def _check_X(self, X: Any) -> Any:

@@ -17,7 +17,7 @@ from sklearn.exceptions import NotFittedError
 
 from ..losses import get_loss
 from .base import check_features
-from .trees import TreeEnsembleAdapter
+from .trees import BoostingStep, TreeEnsembleAdapter
 
 __all__ = ["XGBoostAdapter", "is_xgboost_model"]
 
@@ -105,6 +105,9 @@ class XGBoostAdapter(TreeEnsembleAdapter):
             raise ValueError("Multi-target XGBoost models are not supported: explain one target per model.")
         tree_param = config["gradient_booster"]["tree_train_param"]
         self._reg_alpha = float(tree_param.get("alpha", tree_param.get("reg_alpha", 0.0)))
+        self._tree_param = tree_param
+        self._objective = config["objective"]
+        self._parallel_trees = int(config["gradient_booster"].get("gbtree_model_param", {}).get("num_parallel_tree", 1))
         self._loss = get_loss(_LOSSES[objective])
         n_class = int(params.get("num_class", "0"))
         k = n_class if self._loss.name == "softmax" else 1
@@ -132,7 +135,10 @@ class XGBoostAdapter(TreeEnsembleAdapter):
             ids = np.flatnonzero(left == -1)
             leaves.append(ids)
             values.append(np.asarray(tree["split_conditions"], dtype=np.float64)[ids])
-        self._set_trees(leaves, values, np.asarray(model["tree_info"], dtype=np.int64), k)
+        # iteration_indptr[r] is the first tree of round r
+        sizes = np.diff(np.asarray(model["iteration_indptr"], dtype=np.int64)).astype(np.int64)
+        rounds = np.repeat(np.arange(len(sizes)), sizes)
+        self._set_trees(leaves, values, np.asarray(model["tree_info"], dtype=np.int64), k, rounds)
 
     def penalty_l2(self, n_samples: int) -> float | None:
         """None: the trained leaves minimize no penalized objective of their own.
@@ -145,6 +151,29 @@ class XGBoostAdapter(TreeEnsembleAdapter):
         if self._reg_alpha:
             raise ValueError(f"This model has reg_alpha={self._reg_alpha:g}, an L1 penalty with no Hessian; pass l2=.")
         return None
+
+    def _replay_problems(self) -> list[str]:
+        tp, problems = self._tree_param, []
+        if float(tp.get("subsample", 1)) < 1:
+            problems.append(f"subsample={float(tp['subsample']):g} (the rows each round drew are not recorded)")
+        if float(tp.get("max_delta_step", 0)) > 0:
+            problems.append(f"max_delta_step={float(tp['max_delta_step']):g} (clipped leaf steps)")
+        if self._reg_alpha:
+            problems.append(f"reg_alpha={self._reg_alpha:g} (an L1 penalty on the steps)")
+        if self._parallel_trees > 1:
+            problems.append(f"num_parallel_tree={self._parallel_trees} (a forest per round)")
+        spw = float(self._objective.get("reg_loss_param", {}).get("scale_pos_weight", 1))
+        if spw != 1:
+            problems.append(f"scale_pos_weight={spw:g} (reweighted gradients)")
+        return problems
+
+    def _step(self) -> BoostingStep:
+        # XGBoost's softmax takes 2 p (1 - p) as each column's Hessian (multiclass_obj.cu)
+        return BoostingStep(
+            learning_rate=float(self._tree_param["eta"]),
+            reg_lambda=float(self._tree_param["lambda"]),
+            hessian_scale=2.0 if self._loss.name == "softmax" else 1.0,
+        )
 
     def _check_X(self, X: Any) -> Any:
         if hasattr(X, "columns") and hasattr(X, "dtypes"):  # a DataFrame: XGBoost reads its dtypes and names

@@ -15,7 +15,8 @@ change. The same sign and scale hold for every solver:
   minimum, indefinite, it is inverted on its positive eigenspace, with a warning that says how
   much of the training gradients was dropped (raise ``damping`` then);
 - ``cg``: batched conjugate gradient on the test gradients, matrix-free (a ConvergenceWarning
-  with the residual reached when it stops at its iteration cap);
+  with the residual reached when it stops at its iteration cap), preconditioned by a randomized
+  Nystrom sketch of the top ``rank`` eigenpairs, built once at fit;
 - ``lissa``: the stochastic Neumann recursion, with its scale checked against the largest
   eigenvalue, a clear error when it diverges and a ConvergenceWarning when it has not settled
   by ``lissa_depth``;
@@ -47,6 +48,7 @@ from ..kernels.solvers import (
     Matvec,
     batched_conjugate_gradient,
     lissa,
+    nystrom_preconditioner,
     power_iteration,
     psd_inverse,
     sketch_inverse,
@@ -77,7 +79,10 @@ class InfluenceFunctions(HeadObjectiveMixin, BaseExplainer):
     penalize_bias : bool, default=False
         Whether that penalty covers the head's bias (params='head').
     rank : int, default=100
-        Eigenpairs kept by 'arnoldi'.
+        The top of the Hessian's spectrum a solver works with. 'arnoldi': the eigenpairs H is
+        inverted on. 'cg': the rank of its Nystrom preconditioner (one batched Hessian product
+        with this many vectors at fit; it changes the iteration count, not the answer); 0 for
+        plain CG.
     lissa_scale : float or None, default=None
         Scale of the LiSSA recursion; None: 1.5 times the largest eigenvalue (power iteration).
     lissa_depth : int, default=2000
@@ -141,8 +146,10 @@ class InfluenceFunctions(HeadObjectiveMixin, BaseExplainer):
         if self.l2 != "auto":
             check_number(self.l2, "l2", min_val=0, include_boundaries="left")
         check_choice(self.penalize_bias, "penalize_bias", (True, False))
-        for name in ("rank", "lissa_depth", "stochastic_batch_size", "sketch_steps", "explicit_max"):
+        for name in ("lissa_depth", "stochastic_batch_size", "sketch_steps", "explicit_max"):
             check_number(getattr(self, name), name, integer=True)
+        lowest = 0 if self.solver == "cg" else 1  # 0: plain CG
+        check_number(self.rank, "rank", integer=True, min_val=lowest, include_boundaries="left")
         if self.lissa_scale is not None:
             check_number(self.lissa_scale, "lissa_scale")
         if self.sketch_dim is not None:
@@ -246,6 +253,11 @@ class InfluenceFunctions(HeadObjectiveMixin, BaseExplainer):
                 leak = float((G @ null).norm() / G.norm().clamp_min(1e-300))
                 if leak > 1e-6:
                     self._warn_dropped(float(torch.linalg.eigvalsh(null.T @ H @ null).min()), leak)
+        elif self.solver == "cg":
+            self._precond = None
+            if self.rank > 0 and 2 * self.rank < P:
+                shift = float(self.damping) + self.l2_
+                self._precond, _ = nystrom_preconditioner(self._operators()[0], P, self.rank, shift, seed)
         elif self.solver == "arnoldi":
             matvec = self._operators()[0]
             evals, evecs = top_eigenpairs(matvec, P, self.rank, torch.float64, seed)
@@ -330,7 +342,9 @@ class InfluenceFunctions(HeadObjectiveMixin, BaseExplainer):
         matvec, batch_matvec, n_batches = self._operators()
         try:
             if self.solver == "cg":
-                X, _ = batched_conjugate_gradient(matvec, B, rtol=self.cg_tol, max_iter=20 * B.shape[1])
+                X, _ = batched_conjugate_gradient(
+                    matvec, B, precond=self._precond, rtol=self.cg_tol, max_iter=20 * B.shape[1]
+                )
                 return X
             return lissa(
                 batch_matvec,

@@ -28,7 +28,10 @@ _ROWS = 8192
 
 
 class LeafMatrix:
-    """Rows ``scale_i * (onehot(index_i) [, 1])``: leaf indicators, optionally a constant column.
+    """Rows ``scale_i * (sum_t values_it onehot(index_it) [, 1])``: leaf indicators, optionally weighted.
+
+    Unweighted (``values=None``), each row has a one in every tree's leaf column; ``values`` puts a
+    number of its own in each of those entries instead (e.g. a per-round gradient).
 
     Parameters
     ----------
@@ -40,6 +43,8 @@ class LeafMatrix:
         Whether a constant column (a bias feature) follows the leaf columns.
     scale : Tensor of shape (n,) or None
         Row multipliers.
+    values : Tensor of shape (n, n_trees) or None
+        The entries at the leaf ids (None: ones). Inactive entries count as zero whatever they hold.
     dtype : torch.dtype
         The dtype of the matrix's values and of its products.
 
@@ -62,13 +67,17 @@ class LeafMatrix:
         ones: bool = False,
         scale: torch.Tensor | None = None,
         dtype: torch.dtype = torch.float32,
+        values: torch.Tensor | None = None,
     ):
         if index.ndim != 2:
             raise ValueError(f"index must be (n, n_trees); got shape {tuple(index.shape)}.")
+        if values is not None and values.shape != index.shape:
+            raise ValueError(f"values must have the shape of index {tuple(index.shape)}; got {tuple(values.shape)}.")
         self.index = index.long()
         self.n_leaves = int(n_leaves)
         self.ones = bool(ones)
         self.scale = scale
+        self.values = values
         self._dtype = dtype
 
     # ---- tensor-like surface ----------------------------------------------------------------------
@@ -94,13 +103,16 @@ class LeafMatrix:
     def element_size(self) -> int:
         return torch.empty((), dtype=self._dtype).element_size()
 
-    def _like(self, index: torch.Tensor | None = None, scale: Any = False, **kw: Any) -> LeafMatrix:
+    def _like(
+        self, index: torch.Tensor | None = None, scale: Any = False, values: Any = False, **kw: Any
+    ) -> LeafMatrix:
         return LeafMatrix(
             self.index if index is None else index,
             self.n_leaves,
             kw.get("ones", self.ones),
             self.scale if scale is False else scale,
             kw.get("dtype", self._dtype),
+            self.values if values is False else values,
         )
 
     def to(self, device: Any = None, dtype: Any = None, non_blocking: bool = False) -> LeafMatrix:
@@ -110,11 +122,12 @@ class LeafMatrix:
         dtype = self._dtype if dtype is None else dtype
         index = self.index if device is None else self.index.to(device, non_blocking=non_blocking)
         scale = None if self.scale is None else self.scale.to(device or self.scale.device, dtype)
-        return self._like(index, scale, dtype=dtype)
+        values = None if self.values is None else self.values.to(device or self.values.device, dtype)
+        return self._like(index, scale, values, dtype=dtype)
 
     def apply(self, fn: Any) -> LeafMatrix:
-        """The same matrix with ``fn`` applied to its leaf ids and row scales (e.g. ``torch.clone``)."""
-        return self._like(fn(self.index), None if self.scale is None else fn(self.scale))
+        """The same matrix with ``fn`` applied to its leaf ids, row scales and values (e.g. ``torch.clone``)."""
+        return self._like(*(None if t is None else fn(t) for t in (self.index, self.scale, self.values)))
 
     def double(self) -> LeafMatrix:
         return self.to(dtype=torch.float64)
@@ -125,7 +138,7 @@ class LeafMatrix:
     def __getitem__(self, rows: Any) -> LeafMatrix:
         if isinstance(rows, tuple):
             raise TypeError("LeafMatrix selects rows only (f[rows]); its columns are leaves.")
-        return self._like(self.index[rows], None if self.scale is None else self.scale[rows])
+        return self._like(*(None if t is None else t[rows] for t in (self.index, self.scale, self.values)))
 
     def with_ones(self) -> LeafMatrix:
         """The same rows with a constant column appended (the bias feature)."""
@@ -146,6 +159,10 @@ class LeafMatrix:
     def _row_scaled(self, out: torch.Tensor, rows: slice = slice(None)) -> torch.Tensor:
         return out if self.scale is None else out * self.scale[rows, None].to(out.dtype)
 
+    def _entries(self, rows: slice, dtype: torch.dtype) -> torch.Tensor | None:
+        """The entries of ``rows`` as embedding_bag's per-sample weights (None: ones)."""
+        return None if self.values is None else self.values[rows].to(dtype)
+
     def __matmul__(self, W: torch.Tensor) -> torch.Tensor:
         """``f @ W`` for a dense W of shape (n_leaves [+ 1], m): (n, m)."""
         if not isinstance(W, torch.Tensor) or W.ndim != 2 or W.shape[0] != self.shape[1]:
@@ -154,7 +171,10 @@ class LeafMatrix:
         table = torch.cat([W[: self.n_leaves], W.new_zeros(1, W.shape[1])])  # the inactive id's row is 0
         out = torch.empty(len(self), W.shape[1], dtype=W.dtype, device=W.device)
         for s in range(0, len(self), _ROWS):
-            out[s : s + _ROWS] = F.embedding_bag(self.index[s : s + _ROWS], table, mode="sum")
+            rows = slice(s, s + _ROWS)
+            out[rows] = F.embedding_bag(
+                self.index[rows], table, mode="sum", per_sample_weights=self._entries(rows, W.dtype)
+            )
         if self.ones:
             out += W[self.n_leaves]
         return self._row_scaled(out)
@@ -178,7 +198,8 @@ class LeafMatrix:
             from scipy.sparse import csr_matrix
 
             n, T = self.index.shape
-            data = np.ones(n * T, dtype=np.float32 if self._dtype == torch.float32 else np.float64)
+            dtype = np.float32 if self._dtype == torch.float32 else np.float64
+            data = np.ones(n * T, dtype) if self.values is None else self.values.cpu().numpy().astype(dtype).ravel()
             ids = self.index.cpu().numpy().reshape(-1)
             self._csr_cache = csr_matrix((data, ids, np.arange(0, n * T + 1, T)), shape=(n, self.n_leaves + 1))
         return self._csr_cache
@@ -197,25 +218,37 @@ class LeafMatrix:
             m = len(block)
             table = torch.zeros(self.n_leaves + 1, m, dtype=dtype, device=self.device)
             value = torch.ones(m, dtype=dtype) if block.scale is None else block.scale.to(dtype)
-            table[block.index.T.reshape(-1), torch.arange(m).repeat(T)] = value.repeat(T)
+            weighted = value[:, None] if block.values is None else block.values.to(dtype) * value[:, None]
+            entries = weighted.expand(m, T).T.reshape(-1)
+            table[block.index.T.reshape(-1), torch.arange(m).repeat(T)] = entries
             table[self.n_leaves] = 0.0
             for r in range(0, len(self), _ROWS):
-                out[r : r + _ROWS, s : s + m] = F.embedding_bag(self.index[r : r + _ROWS], table, mode="sum")
+                rows = slice(r, r + _ROWS)
+                out[rows, s : s + m] = F.embedding_bag(
+                    self.index[rows], table, mode="sum", per_sample_weights=self._entries(rows, dtype)
+                )
             if self.ones:
                 out[:, s : s + m] += value
         return self._row_scaled(out)
 
     def rowdot(self, other: LeafMatrix) -> torch.Tensor:
         """``(self * other).sum(1)`` for matrices of the same rows: (n,)."""
-        same = (self.index == other.index) & (self.index != self.n_leaves)
-        out = same.sum(1).to(torch.promote_types(self._dtype, other.dtype)) + float(self.ones and other.ones)
+        dtype = torch.promote_types(self._dtype, other.dtype)
+        same = ((self.index == other.index) & (self.index != self.n_leaves)).to(dtype)
+        for m in (self, other):
+            if m.values is not None:
+                same = same * m.values.to(dtype)
+        out = same.sum(1) + float(self.ones and other.ones)
         out = self._row_scaled(out[:, None])[:, 0]
         return other._row_scaled(out[:, None])[:, 0]
 
     def to_dense(self) -> torch.Tensor:
         """The matrix as a dense (n, n_leaves [+ 1]) tensor (for small problems only)."""
         out = torch.zeros(len(self), self.n_leaves + 1, dtype=self._dtype, device=self.device)
-        out.scatter_(1, self.index, 1.0)
+        if self.values is None:
+            out.scatter_(1, self.index, 1.0)
+        else:
+            out.scatter_(1, self.index, self.values.to(self._dtype))
         out[:, self.n_leaves] = 1.0 if self.ones else 0.0
         out = out if self.ones else out[:, : self.n_leaves]
         return self._row_scaled(out)
@@ -223,7 +256,7 @@ class LeafMatrix:
     def column_sums(self, w: torch.Tensor) -> torch.Tensor:
         """``(f * f * w[:, None]).sum(0)`` for w (n, k): (n_leaves [+ 1], k), the diagonal of f^T diag(w) f."""
         w = w if self.scale is None else w * (self.scale**2)[:, None].to(w.dtype)
-        return (w.T @ self._like(scale=None)).T
+        return (w.T @ self._like(scale=None, values=None if self.values is None else self.values**2)).T
 
 
 def gram(a: Any, b: Any) -> torch.Tensor:
@@ -244,7 +277,8 @@ def rowdot(a: Any, b: Any) -> torch.Tensor:
             return a.rowdot(b)
         # a dense b: gather the entries of each row's leaves
         padded = torch.cat([b[:, : a.n_leaves], b.new_zeros(len(b), 1)], 1)
-        out = padded.gather(1, a.index).sum(1)
+        picked = padded.gather(1, a.index)
+        out = (picked if a.values is None else picked * a.values.to(picked.dtype)).sum(1)
         if a.ones:
             out = out + b[:, a.n_leaves]
         return a._row_scaled(out[:, None])[:, 0]
