@@ -76,7 +76,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--damping", type=float, default=0.1)
     p.add_argument("--cg-tol", type=float, default=1e-4, help="skrep's CG tolerance")
     p.add_argument("--ref-tol", type=float, default=1e-8, help="the reference CG's tolerance (float64)")
-    p.add_argument("--peer-cg-iters", type=int, default=20, help="skrep needs 20 to reach --cg-tol here")
+    p.add_argument("--peer-cg-iters", type=int, default=20, help="the peers' CG iterations")
+    p.add_argument(
+        "--peer-cg-iters-short",
+        type=int,
+        default=6,
+        help="a second pyDVL block CG run with this many iterations: as many as skrep's block CG takes here",
+    )
+    p.add_argument("--n-reference", type=int, default=10, help="test points the float64 reference solves (0: all)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--mem-limit-gb", type=float, default=16.0)
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per run")
@@ -228,7 +235,10 @@ def main() -> None:
     here = Path(sys.executable)
     iters = str(a.peer_cg_iters)
     runs = {
-        "reference": ([str(here), str(PEERS / "run_reference.py")], ["--tol", str(a.ref_tol)]),
+        "reference": (
+            [str(here), str(PEERS / "run_reference.py")],
+            ["--tol", str(a.ref_tol), "--n-test", str(a.n_reference)],
+        ),
         "skrep_cg": ([str(here), str(PEERS / "run_skrep.py")], ["--cg-tol", str(a.cg_tol)]),
         # dattri as documented (all training points in one batch: one CG solve; in batches its
         # attribute() re-solves per batch) exceeds 16 GB here, even for one test point, as its CG
@@ -249,6 +259,15 @@ def main() -> None:
         ),
         "pydvl_cg": ([a.pydvl_python, str(PEERS / "run_pydvl.py")], ["--maxiter", iters]),
         "pydvl_block_cg": ([a.pydvl_python, str(PEERS / "run_pydvl.py")], ["--maxiter", iters, "--block"]),
+        f"pydvl_block_cg_{a.peer_cg_iters_short}_iters": (
+            [a.pydvl_python, str(PEERS / "run_pydvl.py")],
+            ["--maxiter", str(a.peer_cg_iters_short), "--block"],
+        ),
+        # skrep takes its Hessian products over 256 rows at a time (cache-sized): so many per batch here
+        f"pydvl_block_cg_{a.peer_cg_iters_short}_iters_batch_250": (
+            [a.pydvl_python, str(PEERS / "run_pydvl.py")],
+            ["--maxiter", str(a.peer_cg_iters_short), "--block", "--batch-size", "250"],
+        ),
     }
     chosen = [name for name in runs if (a.runs is None or name in a.runs) and name not in a.skip]
     res: dict = {"runs": {}}
@@ -286,7 +305,9 @@ def main() -> None:
             continue
         m = r["n_test"] = len(values[name])  # a run may explain only the first test points
         if ref is not None:
-            v, rv = values[name].ravel(), ref[:m].ravel()
+            both = min(m, len(ref))  # compared on the test points both explained
+            r["n_test_compared"] = both
+            v, rv = values[name][:both].ravel(), ref[:both].ravel()
             r["pearson_vs_reference"] = float(np.corrcoef(v, rv)[0, 1])
             r["relative_error_vs_reference"] = float(np.linalg.norm(v - rv) / np.linalg.norm(rv))
         r["compute_s_per_test_point"] = r["compute_s"] / m
@@ -305,6 +326,7 @@ def main() -> None:
         "reference": f"float64 CG in plain torch.func to relative residual {a.ref_tol:g} (no explicit Hessian: "
         f"{res['workload']['n_params']}^2 float64 entries)",
         "peer_cg_iters": a.peer_cg_iters,
+        "n_reference": a.n_reference,
         "threads": a.threads,
         "mem_limit_gb": a.mem_limit_gb,
         "times": "compute_s: measured inside the run from loaded model to values; wall_s and peak_rss_mb: "
@@ -356,7 +378,12 @@ def markdown(res: dict, cpu: str) -> str:
             f"| {note} |"
         )
     lines += [f"| {name} | | - | - | - | - | - | - | - | not run: {why} |" for name, why in res["not_run"].items()]
-    lines += ["", "Relative error: ||values - reference|| / ||reference|| (Frobenius).", s["times"] + "."]
+    lines += [
+        "",
+        "Relative error: ||values - reference|| / ||reference|| (Frobenius), and Pearson, over the test points "
+        f"the reference solved (the first {s['n_reference'] or 'all'}).",
+        s["times"] + ".",
+    ]
     lines += [s["machine_note"] + "."] + s["notes"]
     if s["n_explain"] != s["n_test_target"]:
         lines.append(

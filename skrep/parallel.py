@@ -3,6 +3,15 @@
 Test rows that each explain one class (representer points) are scored grouped by class (see
 :func:`skrep.kernels.embeddings.pair_block`) and handed back in the caller's order.
 
+Top-k over training rows held in memory is pruned by norms: ``|<u_t, v_i>| <= ||u_t|| ||v_i||``
+(:func:`~skrep.kernels.embeddings.norm_bound`). The training rows are scored in slices of
+decreasing norm (the largest 1/16, the next 1/16, 1/8, 1/4, 1/2), and a test row leaves once no
+row of the slices left can beat its k-th proponent or opponent. The top-k are exactly the
+unpruned ones; the work drops to the slices the test rows needed, a large saving where a few
+training points carry most of the norm (influence functions and TracIn explain losses: a
+well-fit point's gradient is small, a mislabelled one's large). The slices and the decisions
+depend only on the data, so the result does not depend on ``n_jobs`` either.
+
 A chunk's scores are a pure function of (the chunk's training embeddings, the test embeddings),
 so chunks can run anywhere. The chunking depends only on the sizes and the memory budget, never
 on the number of workers, and chunk results are merged in chunk order: one process, ``n_jobs``
@@ -37,15 +46,19 @@ from joblib import Parallel, delayed, effective_n_jobs
 
 from ._progress import progress
 from .kernels.blocks import DEFAULT_BLOCK_BYTES, check_dense_size, dense_scores, plan_blocks, prefetch
-from .kernels.embeddings import Embedding, class_order, dtype_of, map_tensors
+from .kernels.embeddings import Embedding, class_order, dtype_of, map_tensors, norm_bound, pair_grouped
 from .kernels.topk import TopK, merge_topk, stream_topk
-from .store import release_pages
+from .store import is_mapped, release_pages
 
 __all__ = ["chunk_bounds", "topk_scores", "all_scores", "dask_client"]
 
 _ATTEMPTS = 3
 _POLL_S = 1.0  # how often a waiting task's inputs are checked for loss
 _SCATTER_TIMEOUT_S = 60
+# the pruned top-k's slices of the training rows by decreasing norm: cumulative shares of the rows
+_SLICES = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)
+# scores are rounded, the bound is exact: a margin far above float32's rounding of a dot product
+_BOUND_MARGIN = 1e-3
 # (client id, id of a training embedding, chunk bounds) -> futures of its scattered chunks
 _SCATTERED: dict[tuple[str, int, tuple[tuple[int, int], ...]], list[Any]] = {}
 
@@ -62,14 +75,19 @@ def chunk_bounds(test: Embedding, train: Embedding, block_bytes: int, k: int = 1
 
 
 def _row_bytes(e: Embedding) -> int:
-    sizes: list[int] = []
+    return max(1, sum(t[:1].numel() * t.element_size() for t in _tensors(e)))
 
-    def measure(t: torch.Tensor) -> torch.Tensor:
-        sizes.append(t[:1].numel() * t.element_size())
+
+def _tensors(e: Embedding) -> list[torch.Tensor]:
+    """Every tensor an embedding holds."""
+    found: list[torch.Tensor] = []
+
+    def note(t: torch.Tensor) -> torch.Tensor:
+        found.append(t)
         return t
 
-    map_tensors(e, measure)
-    return max(1, sum(sizes))
+    map_tensors(e, note)
+    return found
 
 
 def dask_client(client: Any = None) -> Any:
@@ -121,17 +139,98 @@ def topk_scores(
     """
     k = min(int(k), len(train))
     test, order = _grouped_by_class(test)
-    bounds = chunk_bounds(test, train, block_bytes, k)
-    parts = _map_chunks(_chunk_topk, test, train, bounds, device, block_bytes, (k,), n_jobs, client, verbose)
-    running: TopK | None = None
-    for part in parts:
-        running = part if running is None else _merge(running, part, k)
-    assert running is not None
+    args = (device, block_bytes, n_jobs, client, verbose)
+    if dask_client(client) is None and not _any_mapped(train):
+        running = _pruned_topk(test, train, k, *args)
+    else:  # a cluster keeps its scattered chunks, a store is read in order: no slices by norm
+        running = _topk(test, train, k, *args)
+    running = _rescored(test, train, running)
     rows = slice(None) if order is None else torch.argsort(order)  # back to the caller's order
     off = 0 if offset is None else offset.to(dtype_of(test)).reshape(-1, 1)
     return TopK(
         running.pro_index[rows], running.pro_value[rows] + off, running.opp_index[rows], running.opp_value[rows] + off
     )
+
+
+def _topk(test: Embedding, train: Embedding, k: int, device: Any, block_bytes: int, *run: Any) -> TopK:
+    """Top-k over every training row, chunk by chunk."""
+    bounds = chunk_bounds(test, train, block_bytes, k)
+    running: TopK | None = None
+    for part in _map_chunks(_chunk_topk, test, train, bounds, device, block_bytes, (k,), *run):
+        running = part if running is None else _merge(running, part, k)
+    assert running is not None
+    return running
+
+
+def _pruned_topk(
+    test: Embedding, train: Embedding, k: int, device: Any, block_bytes: int, n_jobs: Any, client: Any, verbose: int
+) -> TopK:
+    """:func:`_topk` over slices of the training rows by decreasing norm, test rows leaving when settled."""
+    args = (device, block_bytes, n_jobs, client, 0)  # one progress bar, over the slices
+    t_norm, v_norm = norm_bound(test, train)
+    by_norm = torch.argsort(v_norm, descending=True, stable=True)
+    n, m = len(train), len(test)
+    ends = sorted({min(n, max(k, round(share * n))) for share in _SLICES})
+    # a slice is gathered (copied) in pieces of a few score blocks' worth of training rows
+    piece = max(k, 4 * block_bytes // _row_bytes(train))
+    dtype = dtype_of(test)
+    fields = ("pro_index", "pro_value", "opp_index", "opp_value")
+    running = TopK(
+        torch.zeros(m, k, dtype=torch.long),
+        torch.full((m, k), -torch.inf, dtype=dtype),
+        torch.zeros(m, k, dtype=torch.long),
+        torch.full((m, k), torch.inf, dtype=dtype),
+    )
+    active = torch.arange(m)
+    start = 0
+    for stop in progress(ends, verbose, "explain top-k, by norm"):
+        current = TopK(*(getattr(running, f)[active] for f in fields))
+        rows = _take(test, active)
+        for a in range(start, stop, piece):
+            ids = by_norm[a : min(a + piece, stop)]
+            part = _topk(rows, _take(train, ids), min(k, len(ids)), *args)
+            part = TopK(ids[part.pro_index], part.pro_value, ids[part.opp_index], part.opp_value)
+            current = _merge(current, part, k)
+        for f in fields:
+            getattr(running, f)[active] = getattr(current, f)
+        start = stop
+        if stop == n:
+            break
+        # no row left can beat a test row's k-th proponent and k-th opponent: it is settled
+        reach = (t_norm[active] * float(v_norm[by_norm[stop]]) * (1 + _BOUND_MARGIN)).to(dtype)
+        settled = (reach < current.pro_value[:, -1]) & (-reach > current.opp_value[:, -1])
+        active = active[~settled]
+        if not len(active):
+            break
+    return running
+
+
+def _rescored(test: Embedding, train: Embedding, top: TopK, rows: int = 256) -> TopK:
+    """The chosen pairs' scores computed again one pair at a time in float64, in the scores' dtype.
+
+    Blocked products round a pair's score according to the block it fell in (its size, the
+    backend, the slices of the pruned search); recomputed alone, a pair's score is the same
+    wherever it was found, so top-k values do not depend on n_jobs, Dask or the pruning, and are
+    as accurate as float64 allows.
+    """
+    dtype = dtype_of(test)
+    index = torch.cat([top.pro_index, top.opp_index], 1)
+    values = torch.empty(index.shape, dtype=dtype)
+    for s in range(0, len(index), rows):
+        chosen = _take(train, index[s : s + rows].reshape(-1)).to("cpu", torch.float64)
+        values[s : s + rows] = pair_grouped(test.rows(s, s + rows).to("cpu", torch.float64), chosen)
+    map_tensors(train, release_pages)  # the pages of a store that the gathers touched
+    k = top.pro_index.shape[1]
+    return TopK(top.pro_index, values[:, :k], top.opp_index, values[:, k:])
+
+
+def _take(e: Embedding, ids: torch.Tensor) -> Embedding:
+    """Rows ``ids`` of an embedding (a copy)."""
+    return map_tensors(e, lambda t: t[ids])
+
+
+def _any_mapped(e: Embedding) -> bool:
+    return any(is_mapped(t) for t in _tensors(e))
 
 
 def all_scores(

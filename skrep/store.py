@@ -311,6 +311,12 @@ class _Mapping:
 _MAPPINGS: list[_Mapping] = []
 
 
+def is_mapped(t: torch.Tensor) -> bool:
+    """Whether ``t``'s memory lies in a memory-mapped store file (read from disk on access)."""
+    start = t.data_ptr()
+    return t.device.type == "cpu" and any(m.start <= start < m.stop and m._memmap() is not None for m in _MAPPINGS)
+
+
 def release_pages(t: torch.Tensor) -> torch.Tensor:
     """Let the pages of ``t`` that come from a store file leave this process's resident memory.
 

@@ -9,45 +9,26 @@ with one sample weight lowered; mislabel recall on flipped labels.
 import numpy as np
 import pytest
 import xgboost as xgb
-from sklearn.datasets import make_classification, make_regression
+from sklearn.datasets import make_classification
 from sklearn.ensemble import GradientBoostingClassifier, GradientBoostingRegressor
 from sklearn.exceptions import NotFittedError
 from torch import nn
 
 from skrep import BoostingTracIn, RepresenterPoints
-
-
-def _binary(n=300, seed=0):
-    return make_classification(n, 8, n_informative=5, random_state=seed)
-
-
-def _three(n=300, seed=0):
-    return make_classification(n, 8, n_informative=5, n_classes=3, random_state=seed)
-
-
-def _regression(n=300, seed=0):
-    X, y = make_regression(n, 8, noise=5.0, random_state=seed)
-    return X, y + 40.0
-
-
-def _with_nan(X, seed=0):
-    X = X.copy()
-    X[np.random.default_rng(seed).random(X.shape) < 0.1] = np.nan
-    return X
-
+from tests.tabular import binary, regression, three, with_nan
 
 CASES = {
-    "xgb binary": lambda: (xgb.XGBClassifier(n_estimators=15, max_depth=3), *_binary()),
+    "xgb binary": lambda: (xgb.XGBClassifier(n_estimators=15, max_depth=3), *binary()),
     "xgb binary, base_score, NaN": lambda: (
         xgb.XGBClassifier(n_estimators=15, max_depth=3, base_score=0.3, reg_lambda=3.0, learning_rate=0.2),
-        _with_nan(_binary()[0]),
-        _binary()[1],
+        with_nan(binary()[0]),
+        binary()[1],
     ),
-    "xgb 3 classes": lambda: (xgb.XGBClassifier(n_estimators=10, max_depth=3), *_three()),
-    "xgb regression": lambda: (xgb.XGBRegressor(n_estimators=15, max_depth=3), *_regression()),
-    "sklearn binary": lambda: (GradientBoostingClassifier(n_estimators=15, max_depth=3), *_binary()),
-    "sklearn 3 classes": lambda: (GradientBoostingClassifier(n_estimators=10, max_depth=2), *_three()),
-    "sklearn regression": lambda: (GradientBoostingRegressor(n_estimators=15, max_depth=3), *_regression()),
+    "xgb 3 classes": lambda: (xgb.XGBClassifier(n_estimators=10, max_depth=3), *three()),
+    "xgb regression": lambda: (xgb.XGBRegressor(n_estimators=15, max_depth=3), *regression()),
+    "sklearn binary": lambda: (GradientBoostingClassifier(n_estimators=15, max_depth=3), *binary()),
+    "sklearn 3 classes": lambda: (GradientBoostingClassifier(n_estimators=10, max_depth=2), *three()),
+    "sklearn regression": lambda: (GradientBoostingRegressor(n_estimators=15, max_depth=3), *regression()),
 }
 
 
@@ -144,7 +125,7 @@ def test_values_equal_a_loop_over_the_models_own_rounds(case):
 def test_leaf_derivative_matches_retraining_with_a_lowered_weight():
     # the first round's leaves depend on the training rows only through the leaf rule: lowering
     # point i's weight by eps moves its leaf by eps times the derivative (to first order)
-    X, y = _binary(400, seed=2)
+    X, y = binary(400, seed=2)
     params = dict(n_estimators=1, max_depth=2, learning_rate=0.5, reg_lambda=2.0, tree_method="exact")
     model = xgb.XGBClassifier(**params).fit(X, y)
     bt = BoostingTracIn(model).fit(X, y)
@@ -198,13 +179,13 @@ def test_self_influence_finds_flipped_labels_better_than_the_final_leaves():
     ],
 )
 def test_models_whose_rounds_cannot_be_replayed_are_refused(make, match):
-    X, y = _binary(120)
+    X, y = binary(120)
     with pytest.raises(ValueError, match=match):
         BoostingTracIn(make().fit(X, y)).fit(X, y)
 
 
 def test_other_training_data_is_refused():
-    X, y = _binary(200)
+    X, y = binary(200)
     model = xgb.XGBClassifier(n_estimators=5, max_depth=3).fit(X, y)
     with pytest.raises(ValueError, match="exactly the rows and labels"):
         BoostingTracIn(model).fit(X, 1 - y)
@@ -216,7 +197,7 @@ def test_other_training_data_is_refused():
 
 
 def test_bad_inputs():
-    X, y = _binary(150)
+    X, y = binary(150)
     model = xgb.XGBClassifier(n_estimators=5).fit(X, y)
     with pytest.raises(TypeError, match="gradient-boosted tree ensembles"):
         BoostingTracIn(nn.Linear(8, 2)).fit(X, y)
@@ -231,4 +212,4 @@ def test_bad_inputs():
         bt.explain(X[:3, :5])
     with pytest.raises(ValueError, match="one label per test point"):
         bt.explain(X[:3], y[:2])
-    assert np.isfinite(bt.explain(_with_nan(X)[:5]).values).all()
+    assert np.isfinite(bt.explain(with_nan(X)[:5]).values).all()

@@ -11,7 +11,12 @@ from sklearn.exceptions import ConvergenceWarning
 from skrep.kernels import Dense, Factored, dense_scores, pair_block, pair_rows, stream_topk, total
 from skrep.kernels.head import HeadObjective, newton_solve
 from skrep.kernels.leaves import LeafMatrix, rowdot
-from skrep.kernels.solvers import batched_conjugate_gradient, conjugate_gradient, nystrom_preconditioner
+from skrep.kernels.solvers import (
+    batched_conjugate_gradient,
+    block_conjugate_gradient,
+    conjugate_gradient,
+    nystrom_preconditioner,
+)
 from skrep.losses import get_loss
 
 
@@ -206,3 +211,26 @@ def test_weighted_leaf_matrix_products_equal_its_dense_form():
             torch.testing.assert_close(rowdot(A, dense), (ref * dense).sum(1))
             w = torch.rand(n, 2, generator=g, dtype=torch.float64)
             torch.testing.assert_close(A.column_sums(w), ((ref * ref)[:, :, None] * w[:, None, :]).sum(0))
+
+
+def test_block_cg_solves_every_row_in_fewer_iterations():
+    A, _ = _outlier_operator()
+    B = torch.randn(20, 400, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    exact = torch.linalg.solve(A, B.T).T
+    X_rows, it_rows = batched_conjugate_gradient(lambda V: V @ A, B, rtol=1e-10, max_iter=2000)
+    X_block, it_block = block_conjugate_gradient(lambda V: V @ A, B, rtol=1e-10, max_iter=2000)
+    torch.testing.assert_close(X_block, exact, rtol=1e-7, atol=1e-9)
+    assert it_block <= it_rows / 3, (it_block, it_rows)
+    # rows that are combinations of others (a dependent block) and more rows than dimensions
+    dependent = torch.cat([B[:5], B[:5] + B[5:10], B[:3] * 2.0])
+    X_dep, _ = block_conjugate_gradient(lambda V: V @ A, dependent, rtol=1e-10)
+    torch.testing.assert_close(X_dep, torch.linalg.solve(A, dependent.T).T, rtol=1e-7, atol=1e-9)
+    small = torch.randn(6, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    M = torch.eye(4, dtype=torch.float64) * 2 + 0.5
+    X_small, it_small = block_conjugate_gradient(lambda V: V @ M, small, rtol=1e-12)
+    torch.testing.assert_close(X_small, torch.linalg.solve(M, small.T).T) and None
+    assert it_small <= 2
+    with pytest.raises(ValueError, match="positive definite"):
+        block_conjugate_gradient(lambda V: -V, B)
+    with pytest.warns(ConvergenceWarning, match="max_iter=2"):
+        block_conjugate_gradient(lambda V: V @ A, B, rtol=1e-12, max_iter=2)

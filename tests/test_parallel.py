@@ -13,6 +13,7 @@ import torch
 
 from skrep import InfluenceFunctions, RepresenterLJE, RepresenterPoints, TracIn
 from skrep.kernels import Dense, Factored, Sum
+from skrep.kernels.embeddings import norm_bound
 from skrep.parallel import all_scores, chunk_bounds, topk_scores
 
 distributed = pytest.importorskip("distributed")
@@ -83,10 +84,62 @@ def test_chunked_topk_is_the_exact_topk(kind):
         ref = (test.terms[0].a @ train.terms[0].a.T) * (test.terms[0].b @ train.terms[0].b.T)
     torch.testing.assert_close(full, ref, rtol=1e-5, atol=1e-5)
     tk = topk_scores(test, train, 8, block_bytes=block, n_jobs=2)
-    want_v, want_i = torch.topk(full, 8, dim=1)
-    assert torch.equal(tk.pro_index, want_i) and torch.equal(tk.pro_value, want_v)
-    want_v, want_i = torch.topk(full, 8, dim=1, largest=False)
-    assert torch.equal(tk.opp_index, want_i) and torch.equal(tk.opp_value, want_v)
+    # the same pairs; their values computed again one by one in float64 (then rounded once)
+    for largest, index, value in ((True, tk.pro_index, tk.pro_value), (False, tk.opp_index, tk.opp_value)):
+        want_v, want_i = torch.topk(full, 8, dim=1, largest=largest)
+        assert torch.equal(index, want_i)
+        torch.testing.assert_close(value, want_v, rtol=1e-5, atol=1e-5)
+        exact = torch.gather(_exact(kind, test, train), 1, index)
+        torch.testing.assert_close(value, exact.float(), rtol=1e-7, atol=1e-7)
+
+
+@pytest.mark.parametrize("kind", ["factored", "dense", "sum"])
+def test_norm_bound_holds_for_every_pair(kind):
+    gen = torch.Generator().manual_seed(1)
+    test, train = _random_embedding(kind, 20, gen), _random_embedding(kind, 300, gen)
+    s, w = norm_bound(test, train)
+    scores = _exact(kind, test, train).abs()
+    # norms in the embeddings' float32: the bound holds up to their rounding (searches add a 1e-3 margin)
+    assert bool((scores <= s[:, None] * w[None, :] * (1 + 1e-5)).all())
+    # Cauchy-Schwarz is attained by a row paired with itself (Factored, Sum: rank-1 rows)
+    if kind != "dense":
+        s_self, w_self = norm_bound(train, train)
+        torch.testing.assert_close(torch.diagonal(_exact(kind, train, train)), s_self * w_self, rtol=1e-5, atol=0)
+
+
+def test_pruned_topk_scores_fewer_rows_and_finds_the_same():
+    import skrep.parallel as par
+
+    gen = torch.Generator().manual_seed(2)
+    n = 20_000
+    # a few training rows carry most of the norm, as mislabelled points' loss gradients do
+    scale = torch.where(torch.rand(n, generator=gen) < 0.05, 10.0, 0.01)
+    train = Dense(torch.randn(n, 3, 16, generator=gen) * scale[:, None, None])
+    test = Dense(torch.randn(50, 3, 16, generator=gen))
+    scored = []
+    real = par._topk
+
+    def counting(test_part, train_part, *args):
+        scored.append(len(test_part) * len(train_part))
+        return real(test_part, train_part, *args)
+
+    par._topk = counting
+    try:
+        tk = topk_scores(test, train, 10, block_bytes=2**16)
+    finally:
+        par._topk = real
+    assert sum(scored) < 0.2 * 50 * n, sum(scored) / (50 * n)  # most rows were never scored
+    full = _exact("dense", test, train)
+    for largest, index in ((True, tk.pro_index), (False, tk.opp_index)):
+        assert torch.equal(index, torch.topk(full, 10, dim=1, largest=largest).indices)
+
+
+def _exact(kind, test, train):
+    """The dense scores in float64."""
+    if kind == "dense":
+        return test.u.double().flatten(1) @ train.u.double().flatten(1).T
+    test, train = (e if kind == "factored" else e.terms[0] for e in (test, train))
+    return (test.a.double() @ train.a.double().T) * (test.b.double() @ train.b.double().T)
 
 
 @pytest.mark.parametrize("name", ["rps", "lje", "if", "tracin-head", "tracin-all"])

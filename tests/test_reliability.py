@@ -580,7 +580,7 @@ BAD_PARAMETERS = [
     ("if", "l2", _L2),
     ("if", "solver", _choice(("exact", "cg", "lissa", "arnoldi", "sketch"))),
     ("if", "params", _choice(("head", "all")) | st.integers() | st.just([]) | st.lists(st.integers(), min_size=1)),
-    ("if", "rank", _POS_INT),
+    ("if", "rank", _numbers(integer=True, none_ok=True)),
     ("if", "lissa_depth", _POS_INT),
     ("if", "stochastic_batch_size", _POS_INT),
     ("if", "sketch_steps", _POS_INT),

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 import xgboost as xgb
-from sklearn.datasets import make_classification, make_regression
 from sklearn.ensemble import (
     GradientBoostingClassifier,
     GradientBoostingRegressor,
@@ -21,25 +20,7 @@ from sklearn.ensemble import (
 from skrep import InfluenceFunctions, RepresenterLJE, RepresenterPoints
 from skrep.adapters import GradientBoostingAdapter, XGBoostAdapter, make_adapter
 from skrep.kernels.leaves import LeafMatrix, to_dense
-
-
-def _binary(n=300, seed=0):
-    return make_classification(n, 8, n_informative=5, random_state=seed)
-
-
-def _three(n=300, seed=0):
-    return make_classification(n, 8, n_informative=5, n_classes=3, random_state=seed)
-
-
-def _regression(n=300, seed=0):
-    X, y = make_regression(n, 8, noise=5.0, random_state=seed)
-    return X, y + 40.0  # a mean far from 0: the estimated base margin matters
-
-
-def _with_nan(X, seed=0):
-    X = X.copy()
-    X[np.random.default_rng(seed).random(X.shape) < 0.1] = np.nan
-    return X
+from tests.tabular import binary, regression, three, with_nan
 
 
 def _assert_reconstructs(model, X, reference):
@@ -54,25 +35,25 @@ def _assert_reconstructs(model, X, reference):
 
 
 XGB_CASES = {
-    "binary, estimated base": lambda: (xgb.XGBClassifier(n_estimators=40, max_depth=4), *_binary()),
-    "binary, base_score set": lambda: (xgb.XGBClassifier(n_estimators=40, max_depth=4, base_score=0.3), *_binary()),
-    "binary, the pre-2.0 default 0.5": lambda: (xgb.XGBClassifier(n_estimators=40, base_score=0.5), *_binary()),
+    "binary, estimated base": lambda: (xgb.XGBClassifier(n_estimators=40, max_depth=4), *binary()),
+    "binary, base_score set": lambda: (xgb.XGBClassifier(n_estimators=40, max_depth=4, base_score=0.3), *binary()),
+    "binary, the pre-2.0 default 0.5": lambda: (xgb.XGBClassifier(n_estimators=40, base_score=0.5), *binary()),
     "binary, NaN in X": lambda: (
         xgb.XGBClassifier(n_estimators=40, max_depth=4),
-        _with_nan(_binary()[0]),
-        _binary()[1],
+        with_nan(binary()[0]),
+        binary()[1],
     ),
-    "binary logitraw": lambda: (xgb.XGBClassifier(n_estimators=20, objective="binary:logitraw"), *_binary()),
-    "3 classes": lambda: (xgb.XGBClassifier(n_estimators=30, max_depth=4), *_three()),
+    "binary logitraw": lambda: (xgb.XGBClassifier(n_estimators=20, objective="binary:logitraw"), *binary()),
+    "3 classes": lambda: (xgb.XGBClassifier(n_estimators=30, max_depth=4), *three()),
     "3 classes, softmax, NaN": lambda: (
         xgb.XGBClassifier(n_estimators=30, max_depth=4, objective="multi:softmax"),
-        _with_nan(_three()[0]),
-        _three()[1],
+        with_nan(three()[0]),
+        three()[1],
     ),
-    "regression, estimated base": lambda: (xgb.XGBRegressor(n_estimators=40, max_depth=4), *_regression()),
-    "regression, base_score set": lambda: (xgb.XGBRegressor(n_estimators=40, base_score=7.0), *_regression()),
-    "300 trees of depth 6": lambda: (xgb.XGBClassifier(n_estimators=300, max_depth=6), *_binary(600)),
-    "random forest in each round": lambda: (xgb.XGBRegressor(n_estimators=5, num_parallel_tree=4), *_regression()),
+    "regression, estimated base": lambda: (xgb.XGBRegressor(n_estimators=40, max_depth=4), *regression()),
+    "regression, base_score set": lambda: (xgb.XGBRegressor(n_estimators=40, base_score=7.0), *regression()),
+    "300 trees of depth 6": lambda: (xgb.XGBClassifier(n_estimators=300, max_depth=6), *binary(600)),
+    "random forest in each round": lambda: (xgb.XGBRegressor(n_estimators=5, num_parallel_tree=4), *regression()),
 }
 
 
@@ -86,13 +67,13 @@ def test_xgboost_head_reproduces_the_margin(case):
 
 
 def test_xgboost_base_margin_is_read_not_assumed():
-    X, y = _regression()
+    X, y = regression()
     model = xgb.XGBRegressor(n_estimators=3).fit(X, y)
     assert abs(float(XGBoostAdapter(model).bias[0]) - float(np.mean(y))) < 5.0  # estimated near the mean, not 0
 
 
 def test_xgboost_booster_and_early_stopping():
-    X, y = _binary(400)
+    X, y = binary(400)
     booster = xgb.train({"objective": "binary:logistic", "max_depth": 3}, xgb.DMatrix(X, y), num_boost_round=25)
     _assert_reconstructs(booster, X, booster.predict(xgb.DMatrix(X), output_margin=True))
     model = xgb.XGBClassifier(n_estimators=200, max_depth=3, early_stopping_rounds=3, learning_rate=0.5)
@@ -103,10 +84,10 @@ def test_xgboost_booster_and_early_stopping():
 
 
 GB_CASES = {
-    "binary": lambda: (GradientBoostingClassifier(n_estimators=30, max_depth=3, random_state=0), *_binary()),
-    "3 classes": lambda: (GradientBoostingClassifier(n_estimators=20, max_depth=3, random_state=0), *_three()),
-    "regression": lambda: (GradientBoostingRegressor(n_estimators=30, random_state=0), *_regression()),
-    "regression, init zero": lambda: (GradientBoostingRegressor(n_estimators=30, init="zero"), *_regression()),
+    "binary": lambda: (GradientBoostingClassifier(n_estimators=30, max_depth=3, random_state=0), *binary()),
+    "3 classes": lambda: (GradientBoostingClassifier(n_estimators=20, max_depth=3, random_state=0), *three()),
+    "regression": lambda: (GradientBoostingRegressor(n_estimators=30, random_state=0), *regression()),
+    "regression, init zero": lambda: (GradientBoostingRegressor(n_estimators=30, init="zero"), *regression()),
 }
 
 
@@ -164,7 +145,7 @@ EXPLAINERS = {
 @pytest.mark.parametrize("kind", ["binary", "3 classes", "regression"])
 @pytest.mark.parametrize("method", list(EXPLAINERS))
 def test_sparse_leaf_path_equals_dense_features(kind, method):
-    X, y = {"binary": _binary, "3 classes": _three, "regression": _regression}[kind](200)
+    X, y = {"binary": binary, "3 classes": three, "regression": regression}[kind](200)
     model = (xgb.XGBRegressor if kind == "regression" else xgb.XGBClassifier)(n_estimators=15, max_depth=3).fit(X, y)
     make_sparse, make_dense = EXPLAINERS[method]
     sparse = make_sparse(model).fit(X, y)
@@ -179,7 +160,7 @@ def test_sparse_leaf_path_equals_dense_features(kind, method):
 
 
 def test_rps_on_xgboost_is_the_refit_head():
-    X, y = _three(250)
+    X, y = three(250)
     model = xgb.XGBClassifier(n_estimators=20, max_depth=3).fit(X, y)
     rps = RepresenterPoints(model, lam=1e-3).fit(X, y)
     E = rps.explain(X[:10])
@@ -193,7 +174,7 @@ def test_rps_on_xgboost_is_the_refit_head():
 def test_lje_fidelity_on_xgboost_binary():
     # LJE's values add up to the margin as far as the ensemble is a stationary point of its
     # training loss: a boosted model trained to convergence is, an early-stopped one less so
-    X, y = _binary(600, seed=3)
+    X, y = binary(600, seed=3)
     model = xgb.XGBClassifier(n_estimators=100, max_depth=4, learning_rate=0.3).fit(X, y)
     lje = RepresenterLJE(model).fit(X, y)
     assert lje.solver_ == "explicit" and lje.l2_ == 0.0
@@ -214,13 +195,13 @@ def test_lje_fidelity_on_xgboost_binary():
     ],
 )
 def test_unsupported_models_are_refused_by_name(make, match):
-    X, y = _binary(100)
+    X, y = binary(100)
     with pytest.raises((ValueError, TypeError), match=match):
         RepresenterPoints(make(X, y)).fit(X, y)
 
 
 def test_bad_inputs_to_tree_explainers():
-    X, y = _binary(150)
+    X, y = binary(150)
     model = xgb.XGBClassifier(n_estimators=5).fit(X, y)
     rps = RepresenterPoints(model).fit(X, y)
     with pytest.raises(ValueError, match="shape"):
@@ -233,11 +214,11 @@ def test_bad_inputs_to_tree_explainers():
         rps.explain(np.where(X > 2.0, np.inf, X))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert np.isfinite(rps.explain(_with_nan(X)[:5]).values).all()  # NaN is valid input for trees
+        assert np.isfinite(rps.explain(with_nan(X)[:5]).values).all()  # NaN is valid input for trees
 
 
 def test_lje_refuses_a_singular_tree_hessian_for_cg():
-    X, y = _binary(150)
+    X, y = binary(150)
     model = xgb.XGBClassifier(n_estimators=5).fit(X, y)
     with pytest.raises(ValueError, match="damping"):
         RepresenterLJE(model, solver="cg").fit(X, y)

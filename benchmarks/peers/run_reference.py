@@ -26,9 +26,12 @@ def main() -> None:
     p.add_argument("--tol", type=float, default=1e-8)
     p.add_argument("--max-iter", type=int, default=5000)
     p.add_argument("--chunk", type=int, default=2000, help="training points per Hessian / gradient chunk")
+    p.add_argument("--n-test", type=int, default=0, help="only the first N test points (0: all)")
     a = p.parse_args()
     watch = Stopwatch()
     spec, model, X, y, Xt, yt = load(a.workdir, torch.float64)
+    if a.n_test:
+        Xt, yt = Xt[: a.n_test], yt[: a.n_test]
     names = [k for k, _ in model.named_parameters()]
     shapes = [v.shape for _, v in model.named_parameters()]
     theta = torch.cat([v.detach().reshape(-1) for _, v in model.named_parameters()])

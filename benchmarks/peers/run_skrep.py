@@ -29,7 +29,7 @@ def main() -> None:
     p.add_argument("--method", default="influence", choices=["influence", "rps", "tracin"])
     p.add_argument("--solver", default="cg", choices=["cg", "exact", "lissa", "arnoldi", "sketch"])
     p.add_argument("--params", default="all", choices=["all", "head"])
-    p.add_argument("--rank", type=int, default=100, help="arnoldi: eigenpairs kept")
+    p.add_argument("--rank", type=int, default=None, help="arnoldi: eigenpairs kept (100); cg: Nystrom rank (none)")
     p.add_argument("--lissa-depth", type=int, default=2000)
     p.add_argument("--lissa-scale", type=float, default=None, help="None: 1.5 x the largest eigenvalue")
     p.add_argument("--lam", type=float, default=3e-3, help="rps: L2 strength of the refit")
@@ -72,7 +72,7 @@ def main() -> None:
             device="cpu",
         )
         desc = f"skrep InfluenceFunctions(params={a.params!r}, solver={a.solver!r}"
-        desc += {"cg": f", cg_tol={a.cg_tol:g})", "arnoldi": f", rank={a.rank})"}.get(a.solver, ")")
+        desc += {"cg": f", cg_tol={a.cg_tol:g}, rank={a.rank})", "arnoldi": f", rank={a.rank})"}.get(a.solver, ")")
         if a.solver == "lissa":
             desc = desc[:-1] + f", lissa_depth={a.lissa_depth}, batch {a.batch_size})"
     with watch("fit"):

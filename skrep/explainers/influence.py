@@ -14,9 +14,11 @@ change. The same sign and scale hold for every solver:
   Cholesky; when H is singular (the softmax shift, dead units) or, for a network away from a
   minimum, indefinite, it is inverted on its positive eigenspace, with a warning that says how
   much of the training gradients was dropped (raise ``damping`` then);
-- ``cg``: batched conjugate gradient on the test gradients, matrix-free (a ConvergenceWarning
-  with the residual reached when it stops at its iteration cap), preconditioned by a randomized
-  Nystrom sketch of the top ``rank`` eigenpairs, built once at fit;
+- ``cg``: block conjugate gradient on the test gradients, matrix-free: the test points of one
+  call share one Krylov space, so 100 of them need a few iterations where one alone needs
+  tens (a ConvergenceWarning with the residual reached when it stops at its iteration cap);
+  optionally preconditioned by a randomized Nystrom sketch of the top ``rank`` eigenpairs,
+  built once at fit;
 - ``lissa``: the stochastic Neumann recursion, with its scale checked against the largest
   eigenvalue, a clear error when it diverges and a ConvergenceWarning when it has not settled
   by ``lissa_depth``;
@@ -47,6 +49,7 @@ from ..kernels.leaves import to_dense
 from ..kernels.solvers import (
     Matvec,
     batched_conjugate_gradient,
+    block_conjugate_gradient,
     lissa,
     nystrom_preconditioner,
     power_iteration,
@@ -78,11 +81,11 @@ class InfluenceFunctions(HeadObjectiveMixin, BaseExplainer):
         reads it where the adapter knows it (sklearn models), else 0.
     penalize_bias : bool, default=False
         Whether that penalty covers the head's bias (params='head').
-    rank : int, default=100
+    rank : int or None, default=None
         The top of the Hessian's spectrum a solver works with. 'arnoldi': the eigenpairs H is
-        inverted on. 'cg': the rank of its Nystrom preconditioner (one batched Hessian product
-        with this many vectors at fit; it changes the iteration count, not the answer); 0 for
-        plain CG.
+        inverted on (None: 100). 'cg': the rank of a Nystrom preconditioner (one Hessian product
+        with this many vectors at fit; it changes the iteration count, not the answer), which
+        pays when few test points are explained per call; None or 0: none.
     lissa_scale : float or None, default=None
         Scale of the LiSSA recursion; None: 1.5 times the largest eigenvalue (power iteration).
     lissa_depth : int, default=2000
@@ -120,7 +123,7 @@ class InfluenceFunctions(HeadObjectiveMixin, BaseExplainer):
         damping: float = 0.0,
         l2: Any = "auto",
         penalize_bias: bool = False,
-        rank: int = 100,
+        rank: int | None = None,
         lissa_scale: float | None = None,
         lissa_depth: int = 2000,
         stochastic_batch_size: int = 256,
@@ -148,8 +151,9 @@ class InfluenceFunctions(HeadObjectiveMixin, BaseExplainer):
         check_choice(self.penalize_bias, "penalize_bias", (True, False))
         for name in ("lissa_depth", "stochastic_batch_size", "sketch_steps", "explicit_max"):
             check_number(getattr(self, name), name, integer=True)
-        lowest = 0 if self.solver == "cg" else 1  # 0: plain CG
-        check_number(self.rank, "rank", integer=True, min_val=lowest, include_boundaries="left")
+        if self.rank is not None:
+            lowest = 0 if self.solver == "cg" else 1  # 0: plain CG
+            check_number(self.rank, "rank", integer=True, min_val=lowest, include_boundaries="left")
         if self.lissa_scale is not None:
             check_number(self.lissa_scale, "lissa_scale")
         if self.sketch_dim is not None:
@@ -247,6 +251,7 @@ class InfluenceFunctions(HeadObjectiveMixin, BaseExplainer):
         if self.solver == "exact":
             H = self._explicit_hessian()
             self._Hinv, null = psd_inverse(H)
+            self._Hinv_scores = self._Hinv.to(self.dtype_)  # for test embeddings, kept in the scores' dtype
             self.dropped_ = 0 if null is None else null.shape[1]
             if null is not None:
                 G = self._flat(emb)
@@ -255,12 +260,12 @@ class InfluenceFunctions(HeadObjectiveMixin, BaseExplainer):
                     self._warn_dropped(float(torch.linalg.eigvalsh(null.T @ H @ null).min()), leak)
         elif self.solver == "cg":
             self._precond = None
-            if self.rank > 0 and 2 * self.rank < P:
+            if self.rank and 2 * self.rank < P:
                 shift = float(self.damping) + self.l2_
                 self._precond, _ = nystrom_preconditioner(self._operators()[0], P, self.rank, shift, seed)
         elif self.solver == "arnoldi":
             matvec = self._operators()[0]
-            evals, evecs = top_eigenpairs(matvec, P, self.rank, torch.float64, seed)
+            evals, evecs = top_eigenpairs(matvec, P, 100 if self.rank is None else self.rank, torch.float64, seed)
             keep = evals > 1e-10 * float(evals.abs().max())
             self._eig = (evals[keep], evecs[:, keep])
         elif self.solver == "lissa":
@@ -329,10 +334,10 @@ class InfluenceFunctions(HeadObjectiveMixin, BaseExplainer):
     def _flat_train_gradients(self) -> torch.Tensor:
         return self._flat(self.train_embedding_)
 
-    def _solve(self, B: torch.Tensor) -> torch.Tensor:
-        """H^-1 B for rows of B (m, P)."""
+    def _solve(self, B: torch.Tensor, scores_dtype: bool = False) -> torch.Tensor:
+        """H^-1 B for rows of B (m, P); with ``scores_dtype``, the exact solver's product in the scores' dtype."""
         if self.solver == "exact":
-            return B @ self._Hinv
+            return B.to(self._Hinv_scores.dtype) @ self._Hinv_scores if scores_dtype else B @ self._Hinv
         if self.solver == "arnoldi":
             evals, evecs = self._eig
             return ((B @ evecs) / evals) @ evecs.T  # the eigenvalues already include the damping
@@ -342,7 +347,7 @@ class InfluenceFunctions(HeadObjectiveMixin, BaseExplainer):
         matvec, batch_matvec, n_batches = self._operators()
         try:
             if self.solver == "cg":
-                X, _ = batched_conjugate_gradient(
+                X, _ = block_conjugate_gradient(
                     matvec, B, precond=self._precond, rtol=self.cg_tol, max_iter=20 * B.shape[1]
                 )
                 return X
@@ -381,7 +386,8 @@ class InfluenceFunctions(HeadObjectiveMixin, BaseExplainer):
 
     def _test_side(self, f, c, X=None):
         G = self._flat(self._gradients(X, f, c))
-        return self._embed_solution(self._solve(G) / self.n_train_), None, None
+        # the test embedding is kept in the scores' dtype: the exact solve runs in it too
+        return self._embed_solution(self._solve(G, scores_dtype=True) / self.n_train_), None, None
 
     # ---- public extras ----------------------------------------------------------------------------
     def self_influence(self) -> np.ndarray:

@@ -24,7 +24,9 @@ __all__ = [
     "dtype_of",
     "flatten",
     "map_tensors",
+    "norm_bound",
     "pair_block",
+    "pair_grouped",
     "pair_rows",
     "total",
 ]
@@ -228,6 +230,59 @@ def _dense_factored(dense: Dense, fac: Factored, dense_rows_first: bool) -> torc
     s = gram(dense.u.reshape(m * k, d), fac.b).view(m, k, len(fac))
     s = s.mul_(fac.a.T).sum(1)
     return s if dense_rows_first else s.T
+
+
+def pair_grouped(test: Embedding, train: Embedding) -> torch.Tensor:
+    """Scores of test row t with training rows ``t*j .. t*j + j - 1``: (len(test), j).
+
+    ``train`` holds j rows per test row, in test-row order (e.g. each test point's top-k). The
+    same numbers as :func:`pair_rows` on the test rows repeated j times, without the copies.
+    """
+    m = len(test)
+    j = len(train) // max(m, 1)
+    if isinstance(test, Sum) and isinstance(train, Sum):
+        return sum((pair_grouped(u, v) for u, v in zip(test.terms, train.terms, strict=True)), torch.zeros(m, j))
+    if isinstance(train, Factored) and isinstance(train.b, torch.Tensor):
+        a = train.a.reshape(m, j, -1)
+        b = train.b.reshape(m, j, -1)
+        if isinstance(test, Dense) and test.u.ndim == 3:
+            return torch.einsum("mcd,mjd,mjc->mj", test.u, b, a)
+        if isinstance(test, Factored) and isinstance(test.b, torch.Tensor):
+            return torch.einsum("mc,mjc->mj", test.a, a) * torch.einsum("md,mjd->mj", test.b, b)
+    if isinstance(test, Dense) and isinstance(train, Dense):
+        return torch.einsum("mx,mjx->mj", test.u.flatten(1), train.u.flatten(1).reshape(m, j, -1))
+    repeated = map_tensors(test, lambda t: t.repeat_interleave(j, 0))  # leaf features: small rows
+    return pair_rows(repeated, train).reshape(m, j)
+
+
+def norm_bound(test: Embedding, train: Embedding) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row factors ``(s, w)`` with ``|<u_t, v_i>| <= s_t w_i`` for every pair (Cauchy-Schwarz), float64.
+
+    Each is a row's norm: ``||a|| ||b||`` for a rank-1 Factored row, the spectral norm of a Dense
+    (k, d) test row against rank-1 training rows (``|a^T U b| <= ||U||_2 ||a|| ||b||``), Frobenius
+    norms otherwise; a Sum's terms combine as ``sqrt(sum_j s_j^2)`` (Cauchy-Schwarz over the
+    concatenated terms).
+    """
+    if isinstance(test, Sum) and isinstance(train, Sum):
+        pairs = [norm_bound(u, v) for u, v in zip(test.terms, train.terms, strict=True)]
+        return (
+            torch.stack([p[0] ** 2 for p in pairs]).sum(0).sqrt(),
+            torch.stack([p[1] ** 2 for p in pairs]).sum(0).sqrt(),
+        )
+    rank1 = isinstance(train, Factored)
+    return _row_norm(test, spectral=rank1), _row_norm(train, spectral=False)
+
+
+def _row_norm(e: Embedding, spectral: bool) -> torch.Tensor:
+    # in the embedding's own precision: a bound used with a margin far above its rounding
+    if isinstance(e, Factored):
+        return e.a.norm(dim=1).double() * rowdot(e.b, e.b).clamp_min(0).sqrt().double()
+    if isinstance(e, Dense):
+        u = e.u
+        if spectral and u.ndim == 3:  # ||U||_2^2: the top eigenvalue of the small U U^T
+            return torch.linalg.eigvalsh(u @ u.transpose(1, 2))[:, -1].clamp_min(0).sqrt().double()
+        return u.flatten(1).norm(dim=1).double()
+    raise TypeError(f"No row norm for {type(e).__name__}.")
 
 
 def pair_rows(x: Embedding, y: Embedding) -> torch.Tensor:

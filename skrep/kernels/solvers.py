@@ -11,6 +11,7 @@ from sklearn.exceptions import ConvergenceWarning
 __all__ = [
     "LowRankPreconditioner",
     "batched_conjugate_gradient",
+    "block_conjugate_gradient",
     "conjugate_gradient",
     "lissa",
     "nystrom_preconditioner",
@@ -142,6 +143,82 @@ def batched_conjugate_gradient(
             stacklevel=2,
         )
     return X, it
+
+
+def block_conjugate_gradient(
+    matvec: Matvec, B: torch.Tensor, *, precond: Matvec | None = None, rtol: float = 1e-8, max_iter: int = 1000
+) -> tuple[torch.Tensor, int]:
+    """Solve ``A X = B`` for all rows of B (m, dim) together in one block Krylov space, A symmetric PD.
+
+    Breakdown-free block CG (Ji & Li 2017, after O'Leary 1980): each iteration searches the span
+    of a block of directions, orthonormalized and A-conjugate to the previous block, so after j
+    iterations every right-hand side has been solved over a space of dimension up to ``m j``
+    shared by all of them. Against m independent CG runs this needs fewer iterations (the top of
+    the spectrum is found once, for every row) at the same cost per iteration, plus an
+    orthonormalization of ``dim x m`` (small next to m operator products). The rows are scaled
+    to unit norm first, so that directions are dropped from the block by one absolute rule: when
+    they are round-off (rows that are combinations of others) or already solved to far below
+    any row's tolerance. A system leaves the iteration once solved (as in pyDVL's block CG), so
+    the last iterations apply A to fewer vectors.
+
+    Stops when every row's residual is below ``rtol ||b_j||``; warns (ConvergenceWarning) at
+    ``max_iter``. Returns ``(X, n_iter)``.
+    """
+    precond = precond or (lambda r: r)
+    m = B.shape[0]
+    norms = B.reshape(m, -1).norm(dim=1)
+    scale = torch.where(norms > 0, norms, torch.ones_like(norms))
+    Bf = (B.reshape(m, -1) / scale[:, None]).T  # (dim, m): unit columns, one per system
+
+    def columns(op: Matvec, V: torch.Tensor) -> torch.Tensor:
+        """The operator applied to the columns of V (dim, c), passed as rows shaped like B's."""
+        return op(V.T.reshape(-1, *B.shape[1:])).reshape(V.shape[1], -1).T.to(V.dtype)
+
+    X = torch.zeros_like(Bf)
+    active = torch.nonzero(norms > 0)[:, 0]  # systems still iterating
+    R = Bf[:, active]
+    Z = columns(precond, R)
+    floor = 1e-12 * float(Z.norm(dim=0).max()) if len(active) else 0.0  # below: round-off, or solved past rtol
+    P = _orthonormal(Z, floor)
+    it = 0
+    while it < max_iter and len(active) and P.shape[1]:
+        Q = columns(matvec, P)  # A P
+        it += 1
+        PQ = 0.5 * (P.T @ Q + Q.T @ P)
+        try:
+            L = torch.linalg.cholesky(PQ)
+        except RuntimeError:
+            raise ValueError(
+                "block_conjugate_gradient met a direction of non-positive curvature: the operator is not "
+                "positive definite. Add damping."
+            ) from None
+        alpha = torch.cholesky_solve(P.T @ R, L)
+        X[:, active] += P @ alpha
+        R = R - Q @ alpha
+        # solved systems leave: later products are taken for the others only
+        going = R.norm(dim=0) > rtol
+        active, R = active[going], R[:, going]
+        if not len(active):
+            break
+        Z = columns(precond, R)
+        beta = -torch.cholesky_solve(Q.T @ Z, L)
+        P = _orthonormal(Z + P @ beta, floor)
+    if len(active):
+        worst = float(R.norm(dim=0).max())
+        warnings.warn(
+            f"Block conjugate gradient stopped at max_iter={max_iter} with {len(active)} of {m} systems above "
+            f"rtol={rtol:g} (worst relative residual {worst:.3g}): the solutions are that inexact. Add damping "
+            "for a better conditioned system, or loosen the tolerance (cg_tol).",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
+    return (X.T * scale[:, None]).reshape(B.shape), it
+
+
+def _orthonormal(Z: torch.Tensor, floor: float) -> torch.Tensor:
+    """An orthonormal basis (dim, s) of the columns of Z, without the directions whose part is below ``floor``."""
+    Q, Rq = torch.linalg.qr(Z)
+    return Q[:, Rq.diagonal().abs() > floor]
 
 
 def psd_inverse(H: torch.Tensor, rcond: float = 1e-10) -> tuple[torch.Tensor, torch.Tensor | None]:
