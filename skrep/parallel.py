@@ -3,19 +3,23 @@
 Test rows that each explain one class (representer points) are scored grouped by class (see
 :func:`skrep.kernels.embeddings.pair_block`) and handed back in the caller's order.
 
-Top-k over training rows held in memory is pruned by norms: ``|<u_t, v_i>| <= ||u_t|| ||v_i||``
+Top-k over rank-1 training rows (representer points, head influence and TracIn, every linear
+layer) held in memory is pruned by norms: ``|<u_t, v_i>| <= ||u_t|| ||v_i||``
 (:func:`~skrep.kernels.embeddings.norm_bound`). The training rows are scored in slices of
 decreasing norm (the largest 1/16, the next 1/16, 1/8, 1/4, 1/2), and a test row leaves once no
 row of the slices left can beat its k-th proponent or opponent. The top-k are exactly the
 unpruned ones; the work drops to the slices the test rows needed, a large saving where a few
 training points carry most of the norm (influence functions and TracIn explain losses: a
-well-fit point's gradient is small, a mislabelled one's large). The slices and the decisions
-depend only on the data, so the result does not depend on ``n_jobs`` either.
+well-fit point's gradient is small, a mislabelled one's large). The k chosen pairs' values are
+then computed again one pair at a time in float64, so they are the same however the pairs were
+found: pruned, in chunks, threads, loky processes or on Dask.
 
 A chunk's scores are a pure function of (the chunk's training embeddings, the test embeddings),
 so chunks can run anywhere. The chunking depends only on the sizes and the memory budget, never
 on the number of workers, and chunk results are merged in chunk order: one process, ``n_jobs``
-threads and a Dask cluster give bit-identical results (same top-k indices, same values).
+threads and a Dask cluster give the same top-k indices, and the same values (bit-identical
+threads; other processes to their BLAS's rounding for full (k x d) training rows, which are
+not rescored).
 
 With Dask, the training chunks are scattered once per (client, fitted explainer) and reused
 by later calls; the test side is broadcast once per call. When a worker dies, Dask reruns its
@@ -46,7 +50,18 @@ from joblib import Parallel, delayed, effective_n_jobs
 
 from ._progress import progress
 from .kernels.blocks import DEFAULT_BLOCK_BYTES, check_dense_size, dense_scores, plan_blocks, prefetch
-from .kernels.embeddings import Embedding, class_order, dtype_of, map_tensors, norm_bound, pair_grouped
+from .kernels.embeddings import (
+    Dense,
+    Embedding,
+    Factored,
+    Sum,
+    class_order,
+    class_runs,
+    dtype_of,
+    map_tensors,
+    norm_bound,
+    pair_grouped,
+)
 from .kernels.topk import TopK, merge_topk, stream_topk
 from .store import is_mapped, release_pages
 
@@ -55,6 +70,7 @@ __all__ = ["chunk_bounds", "topk_scores", "all_scores", "dask_client"]
 _ATTEMPTS = 3
 _POLL_S = 1.0  # how often a waiting task's inputs are checked for loss
 _SCATTER_TIMEOUT_S = 60
+_FIELDS = ("pro_index", "pro_value", "opp_index", "opp_value")
 # the pruned top-k's slices of the training rows by decreasing norm: cumulative shares of the rows
 _SLICES = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)
 # scores are rounded, the bound is exact: a margin far above float32's rounding of a dot product
@@ -140,16 +156,48 @@ def topk_scores(
     k = min(int(k), len(train))
     test, order = _grouped_by_class(test)
     args = (device, block_bytes, n_jobs, client, verbose)
-    if dask_client(client) is None and not _any_mapped(train):
-        running = _pruned_topk(test, train, k, *args)
-    else:  # a cluster keeps its scattered chunks, a store is read in order: no slices by norm
-        running = _topk(test, train, k, *args)
-    running = _rescored(test, train, running)
+    if dask_client(client) is not None:  # a cluster keeps its scattered chunks: searched as they are
+        running = _search(test, train, k, args, prune=False)
+    else:
+        prune = not _any_mapped(train)  # a store is read in order, not in slices by norm
+        split = _by_class(test, train)
+        if split is None:
+            running = _search(test, train, k, args, prune)
+        else:
+            parts = [_search(t, tr, k, args, prune) for t, tr in split]
+            running = TopK(*(torch.cat([getattr(p, f) for p in parts]) for f in _FIELDS))
     rows = slice(None) if order is None else torch.argsort(order)  # back to the caller's order
     off = 0 if offset is None else offset.to(dtype_of(test)).reshape(-1, 1)
     return TopK(
         running.pro_index[rows], running.pro_value[rows] + off, running.opp_index[rows], running.opp_value[rows] + off
     )
+
+
+def _search(test: Embedding, train: Embedding, k: int, args: tuple, prune: bool) -> TopK:
+    """Top-k of test rows over training rows: pruned by norms and rescored where the rows are rank-1."""
+    if not _rank_one(train):
+        return _topk(test, train, k, *args)
+    running = _pruned_topk(test, train, k, *args) if prune else _topk(test, train, k, *args)
+    return _rescored(test, train, running)  # the same values, pruned or not
+
+
+def _by_class(test: Embedding, train: Embedding) -> list[tuple[Factored, Factored]] | None:
+    """Class-selecting test rows against full (k x d) training rows, as one rank-1 search per class.
+
+    A test row that explains class c meets only column c of each training row (LJE's W_i):
+    ``<a_t e_c (x) f_t, W_i> = a_tc <f_t, W_i[c]>``. Per class, the training rows are the d-vectors
+    ``W_i[c]`` (contiguous in LJE's class-major storage), rank-1 rows that the search by norm
+    prunes. None when the test rows do not each select one class (already grouped by class).
+    """
+    if not (isinstance(test, Factored) and isinstance(test.b, torch.Tensor)):
+        return None
+    if not (isinstance(train, Dense) and train.u.ndim == 3):
+        return None
+    runs = class_runs(test.a)
+    if runs is None:
+        return None
+    ones = torch.ones(len(train), 1, dtype=train.u.dtype)
+    return [(Factored(test.a[a:b, c : c + 1], test.b[a:b]), Factored(ones, train.u[:, c, :])) for a, b, c in runs]
 
 
 def _topk(test: Embedding, train: Embedding, k: int, device: Any, block_bytes: int, *run: Any) -> TopK:
@@ -174,7 +222,6 @@ def _pruned_topk(
     # a slice is gathered (copied) in pieces of a few score blocks' worth of training rows
     piece = max(k, 4 * block_bytes // _row_bytes(train))
     dtype = dtype_of(test)
-    fields = ("pro_index", "pro_value", "opp_index", "opp_value")
     running = TopK(
         torch.zeros(m, k, dtype=torch.long),
         torch.full((m, k), -torch.inf, dtype=dtype),
@@ -184,14 +231,14 @@ def _pruned_topk(
     active = torch.arange(m)
     start = 0
     for stop in progress(ends, verbose, "explain top-k, by norm"):
-        current = TopK(*(getattr(running, f)[active] for f in fields))
+        current = TopK(*(getattr(running, f)[active] for f in _FIELDS))
         rows = _take(test, active)
         for a in range(start, stop, piece):
             ids = by_norm[a : min(a + piece, stop)]
             part = _topk(rows, _take(train, ids), min(k, len(ids)), *args)
             part = TopK(ids[part.pro_index], part.pro_value, ids[part.opp_index], part.opp_value)
             current = _merge(current, part, k)
-        for f in fields:
+        for f in _FIELDS:
             getattr(running, f)[active] = getattr(current, f)
         start = stop
         if stop == n:
@@ -222,6 +269,16 @@ def _rescored(test: Embedding, train: Embedding, top: TopK, rows: int = 256) -> 
     map_tensors(train, release_pages)  # the pages of a store that the gathers touched
     k = top.pro_index.shape[1]
     return TopK(top.pro_index, values[:, :k], top.opp_index, values[:, k:])
+
+
+def _rank_one(e: Embedding) -> bool:
+    """Whether every training row is rank-1 (k + d numbers), cheap to gather next to scoring it.
+
+    Full (k x d) rows (LJE's, a convolution's gradients) cost as much to copy into a slice as
+    to score, so they are scored where they lie, in blocks whose rounding does not depend on
+    n_jobs either: they are neither pruned nor rescored.
+    """
+    return all(isinstance(t, Factored) for t in (e.terms if isinstance(e, Sum) else (e,)))
 
 
 def _take(e: Embedding, ids: torch.Tensor) -> Embedding:

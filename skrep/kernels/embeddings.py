@@ -21,6 +21,7 @@ __all__ = [
     "Sum",
     "Embedding",
     "class_order",
+    "class_runs",
     "dtype_of",
     "flatten",
     "map_tensors",
@@ -158,7 +159,7 @@ def pair_block(test: Embedding, train: Embedding) -> torch.Tensor:
                 out += pair_block(u, v)
         return out
     if isinstance(test, Factored) and isinstance(train, Factored):
-        runs = _class_runs(test.a) if isinstance(test.b, torch.Tensor) and isinstance(train.b, torch.Tensor) else None
+        runs = class_runs(test.a) if isinstance(test.b, torch.Tensor) and isinstance(train.b, torch.Tensor) else None
         if runs is None:
             return gram(test.b, train.b).mul_(test.a @ train.a.T)
         # test rows that select one class each, grouped by class: one product of the features,
@@ -197,7 +198,7 @@ def _selected_class(a: torch.Tensor) -> torch.Tensor | None:
     return nz.to(torch.uint8).argmax(1) if bool((nz.sum(1) == 1).all()) else None
 
 
-def _class_runs(a: torch.Tensor) -> list[tuple[int, int, int]] | None:
+def class_runs(a: torch.Tensor) -> list[tuple[int, int, int]] | None:
     """``(start, stop, class)`` of the runs of equal class of a selector, when there are at most k."""
     cls = _selected_class(a)
     if cls is None:
