@@ -319,7 +319,7 @@ def all_scores(
 def _grouped_by_class(test: Embedding) -> tuple[Embedding, torch.Tensor | None]:
     """The test rows grouped by the class they select (see ``class_order``), and that order."""
     order = class_order(test)
-    return (test, None) if order is None else (map_tensors(test, lambda t: t[order]), order)
+    return (test, None) if order is None else (_take(test, order), order)
 
 
 def _chunk_topk(test: Embedding, chunk: Embedding, start: int, device: Any, block_bytes: int, k: int) -> TopK:

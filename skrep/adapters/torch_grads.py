@@ -172,6 +172,11 @@ def _sample_loss(module: nn.Module, buffers: dict, loss: Loss) -> Callable:
     return fn
 
 
+def _batch_rows(x: Any, rows: Any) -> Any:
+    """Rows (an index or a slice) of a batch: a tensor, or a dict of tensors (keyword inputs)."""
+    return {k: v[rows] for k, v in x.items()} if isinstance(x, dict) else x[rows]
+
+
 def _dense_grads(module: nn.Module, names: tuple[str, ...], x: Any, t: torch.Tensor, loss: Loss) -> torch.Tensor:
     from torch.func import grad, vmap
 
@@ -180,10 +185,7 @@ def _dense_grads(module: nn.Module, names: tuple[str, ...], x: Any, t: torch.Ten
     try:
         g = vmap(grad(fn), in_dims=(None, 0, 0))(params, x, t)
     except (RuntimeError, NotImplementedError):  # an op without a batching rule: one sample at a time
-        rows = [
-            grad(fn)(params, {k: v[j] for k, v in x.items()} if isinstance(x, dict) else x[j], t[j])
-            for j in range(len(t))
-        ]
+        rows = [grad(fn)(params, _batch_rows(x, j), t[j]) for j in range(len(t))]
         g = {n: torch.stack([r[n] for r in rows]) for n in names}
     return torch.cat([g[n].reshape(len(t), -1) for n in names], 1).detach().cpu()
 
@@ -217,11 +219,6 @@ def _flatten(T: dict[str, torch.Tensor], module: nn.Module, groups: ParameterGro
 
 
 _HVP_CELLS = 25_600  # vectors x training rows in one Hessian-vector product
-
-
-def _rows(x: Any, start: int, stop: int) -> Any:
-    """Rows of a batch: a tensor, or a dict of tensors (keyword inputs)."""
-    return {k: v[start:stop] for k, v in x.items()} if isinstance(x, dict) else x[start:stop]
 
 
 def hessian_operator(
@@ -266,7 +263,7 @@ def hessian_operator(
             for i in ids:
                 x_all, t_all = batches[i]
                 for s in range(0, len(t_all), rows):
-                    x, t = _rows(x_all, s, s + rows), t_all[s : s + rows]
+                    x, t = _batch_rows(x_all, slice(s, s + rows)), t_all[s : s + rows]
 
                     def hv(tangent, x=x, t=t):
                         return jvp(lambda p: grad(batch_loss)(p, x, t), (params,), (tangent,))[1]

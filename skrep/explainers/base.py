@@ -347,7 +347,9 @@ class BaseExplainer(BaseEstimator):
         sign of a mislabelled or atypical point.
         """
         check_is_fitted(self, "train_embedding_")
-        c = self.y_ if self.adapter_.loss.is_classification else torch.zeros(self.n_train_, dtype=torch.long)
+        # a loss is explained at the point's own target; a regression logit is output 0
+        own = self.adapter_.loss.is_classification or self._explains_loss
+        c = self.y_ if own else torch.zeros(self.n_train_, dtype=torch.long)
         test, offset, _ = self._test_side(self.train_features_, c)
         s = pair_rows(test, self.train_embedding_)
         if offset is not None:

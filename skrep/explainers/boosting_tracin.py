@@ -31,13 +31,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
-from sklearn.utils.validation import check_is_fitted
 
 from .._validation import check_number
 from ..adapters.trees import BoostingStep, TreeEnsembleAdapter
-from ..kernels import DEFAULT_BLOCK_BYTES, DEFAULT_MAX_DENSE_BYTES, Factored, pair_rows
+from ..kernels import DEFAULT_BLOCK_BYTES, DEFAULT_MAX_DENSE_BYTES, Factored
 from ..kernels.leaves import LeafMatrix
 from .base import BaseExplainer
 
@@ -54,6 +52,9 @@ class BoostingTracIn(BaseExplainer):
     proponent (removing it would raise the test loss). Works on XGBoost (binary:logistic,
     multi:softprob / softmax, reg:squarederror) and sklearn gradient boosting trained on all rows
     without sample weights; the replay of the training is checked against the trees' leaf values.
+    ``self_influence()`` is the diagonal, ``sum_trees g_i (eta g_i + v h_i) / (H + lambda)`` at each
+    point's own label: large for points the rounds kept pulling toward their own label, the
+    signature of a mislabelled example (BoostIn's self-influence).
 
     Parameters
     ----------
@@ -167,7 +168,8 @@ class BoostingTracIn(BaseExplainer):
         self.replay_error_ = float(err.max()) / scale if len(err) else 0.0
         if not self.replay_error_ <= self.replay_tol:
             leaf = int(err.argmax())
-            tree = int(torch.nonzero(index == leaf)[0, 1]) if bool((index == leaf).any()) else None
+            where = torch.nonzero(index == leaf)
+            tree = int(where[0, 1]) if len(where) else None
             raise ValueError(
                 f"Replaying the boosting rounds on this training set does not reproduce the model's leaves: leaf "
                 f"{leaf}{'' if tree is None else f' (tree {tree})'} has value {float(actual[leaf]):.6g}, the replay "
@@ -188,13 +190,3 @@ class BoostingTracIn(BaseExplainer):
     def _test_side(self, f: Any, c: torch.Tensor, X: Any = None) -> tuple[Factored, None, None]:
         g, _ = self._round_derivatives(f.index, self._targets_of(c, len(f)))
         return self._embedding(f, g), None, None
-
-    def self_influence(self) -> np.ndarray:
-        """``sum_trees g_i (eta g_i + v h_i) / (H + lambda)`` for each training point at its own label: (n_train,).
-
-        Large for points the rounds kept pulling toward their own label, the signature of a
-        mislabelled example (the TracIn paper, section 4.2; BoostIn's self-influence).
-        """
-        check_is_fitted(self, "train_embedding_")
-        own, _, _ = self._test_side(self.train_features_, self.y_)
-        return pair_rows(own, self.train_embedding_).double().numpy()

@@ -276,14 +276,9 @@ def norm_bound(test: Embedding, train: Embedding) -> tuple[torch.Tensor, torch.T
 
 def _row_norm(e: Embedding, spectral: bool) -> torch.Tensor:
     # in the embedding's own precision: a bound used with a margin far above its rounding
-    if isinstance(e, Factored):
-        return e.a.norm(dim=1).double() * rowdot(e.b, e.b).clamp_min(0).sqrt().double()
-    if isinstance(e, Dense):
-        u = e.u
-        if spectral and u.ndim == 3:  # ||U||_2^2: the top eigenvalue of the small U U^T
-            return torch.linalg.eigvalsh(u @ u.transpose(1, 2))[:, -1].clamp_min(0).sqrt().double()
-        return u.flatten(1).norm(dim=1).double()
-    raise TypeError(f"No row norm for {type(e).__name__}.")
+    if spectral and isinstance(e, Dense) and e.u.ndim == 3:  # ||U||_2^2: the top eigenvalue of U U^T
+        return torch.linalg.eigvalsh(e.u @ e.u.transpose(1, 2))[:, -1].clamp_min(0).sqrt().double()
+    return pair_rows(e, e).clamp_min(0).sqrt().double()
 
 
 def pair_rows(x: Embedding, y: Embedding) -> torch.Tensor:

@@ -135,14 +135,19 @@ def batched_conjugate_gradient(
     left = ~done & (R.reshape(m, -1).norm(dim=1) > stop).reshape_as(rz)
     if bool(left.any()):
         worst = float((R.reshape(m, -1).norm(dim=1) / B.reshape(m, -1).norm(dim=1).clamp_min(1e-300)).max())
-        warnings.warn(
-            f"Conjugate gradient stopped at max_iter={max_iter} with {int(left.sum())} of {m} systems above "
-            f"rtol={rtol:g} (worst relative residual {worst:.3g}): the solutions are that inexact. Add damping "
-            "for a better conditioned system, or loosen the tolerance (cg_tol).",
-            ConvergenceWarning,
-            stacklevel=2,
-        )
+        _warn_stopped("Conjugate gradient", max_iter, int(left.sum()), m, rtol, worst)
     return X, it
+
+
+def _warn_stopped(what: str, max_iter: int, left: int, m: int, rtol: float, worst: float) -> None:
+    """A ConvergenceWarning, pointing at the solver's caller, for systems left above tolerance."""
+    warnings.warn(
+        f"{what} stopped at max_iter={max_iter} with {left} of {m} systems above rtol={rtol:g} (worst "
+        f"relative residual {worst:.3g}): the solutions are that inexact. Add damping for a better "
+        "conditioned system, or loosen the tolerance (cg_tol).",
+        ConvergenceWarning,
+        stacklevel=3,
+    )
 
 
 def block_conjugate_gradient(
@@ -204,14 +209,7 @@ def block_conjugate_gradient(
         beta = -torch.cholesky_solve(Q.T @ Z, L)
         P = _orthonormal(Z + P @ beta, floor)
     if len(active):
-        worst = float(R.norm(dim=0).max())
-        warnings.warn(
-            f"Block conjugate gradient stopped at max_iter={max_iter} with {len(active)} of {m} systems above "
-            f"rtol={rtol:g} (worst relative residual {worst:.3g}): the solutions are that inexact. Add damping "
-            "for a better conditioned system, or loosen the tolerance (cg_tol).",
-            ConvergenceWarning,
-            stacklevel=2,
-        )
+        _warn_stopped("Block conjugate gradient", max_iter, len(active), m, rtol, float(R.norm(dim=0).max()))
     return (X.T * scale[:, None]).reshape(B.shape), it
 
 
