@@ -121,3 +121,18 @@ def test_grid_search_picks_lam_and_never_copies_the_network(small_mlp):
     assert search.best_estimator_.model is net and search.best_estimator_.lam == search.best_params_["lam"]
     for key, value in net.state_dict().items():
         assert torch.equal(value, weights[key])
+
+
+@pytest.mark.parametrize("make", [lambda net: InfluenceFunctions(net), lambda net: TracIn(net, [net.state_dict()])])
+def test_influence_methods_have_no_logit_score(small_mlp, make):
+    # their values estimate a change of test loss and do not add up to the logits, so a logit
+    # reconstruction score would rank their settings by something they do not claim
+    net, X, y = small_mlp
+    explainer = make(net).fit(X[:100], y[:100])
+    assert not hasattr(explainer, "score") and not hasattr(explainer, "reconstruct")
+    with pytest.raises(AttributeError, match="no attribute 'score'") as info:
+        explainer.score(X[:5])
+    assert "change of test loss" in str(info.value.__cause__) and "scoring" in str(info.value.__cause__)
+    with pytest.raises(TypeError, match="score"):  # sklearn asks for a scoring instead
+        GridSearchCV(make(net), {"random_state": [0, 1]}).fit(X[:100], y[:100])
+    assert hasattr(RepresenterPoints(net), "score")

@@ -231,9 +231,10 @@ def hessian_operator(
     """``matvec(V, batch_ids=None)``: the Hessian of ``mean loss + l2/2 ||theta||^2`` applied to V (b, P).
 
     Over all training batches, or (for stochastic solvers) over the chosen ones, rescaled to a
-    mean. Pearlmutter's trick via ``torch.func.jvp`` of the gradient, vmapped over V's rows.
+    mean. Pearlmutter's trick, reverse over reverse: ``torch.func.vjp`` of the gradient, its
+    pullback vmapped over V's rows (as pyDVL does; 3% faster here than ``jvp`` of the gradient).
     """
-    from torch.func import functional_call, grad, jvp, vmap
+    from torch.func import functional_call, grad, vjp, vmap
 
     module, batches = _in_float32(module, batches)
     params = {k: v.detach() for k, v in module.named_parameters() if k in _traced(groups, module)}
@@ -254,8 +255,8 @@ def hessian_operator(
             ids = range(len(batches)) if batch_ids is None else batch_ids
             count = sum(len(batches[i][1]) for i in ids)
             flat = _unflatten(V.to(next(iter(params.values())).dtype), module, groups)
-            tangents = {k: flat[k] for k in params}  # the same key order as the primals (a pytree)
-            total = torch.zeros_like(V)
+            cotangents = {k: flat[k] for k in params}  # the same key order as the primals (a pytree)
+            total = {k: torch.zeros_like(c) for k, c in cotangents.items()}
             # vectors x rows per product bounded, so that the vmapped activations stay in cache:
             # 100 products over 10,000 rows of a 300-wide MLP took 12.6 s in pieces of 256 rows,
             # 20.2 s in batches of 2,000 and 21.8 s in pieces of 327 (this machine's L3 cliff)
@@ -264,16 +265,13 @@ def hessian_operator(
                 x_all, t_all = batches[i]
                 for s in range(0, len(t_all), rows):
                     x, t = _batch_rows(x_all, slice(s, s + rows)), t_all[s : s + rows]
-
-                    def hv(tangent, x=x, t=t):
-                        return jvp(lambda p: grad(batch_loss)(p, x, t), (params,), (tangent,))[1]
-
-                    out = vmap(hv)(tangents)
-                    # untraced parameters still require grad in the module: keep no graph
-                    total += _flatten(out, module, groups, len(V)).detach().to(V.dtype)
+                    _, pullback = vjp(lambda p, x=x, t=t: grad(batch_loss)(p, x, t), params)
+                    out = vmap(pullback)(cotangents)[0]
+                    for k, v in out.items():  # summed per parameter, flattened once per product
+                        total[k] += v.detach()  # untraced parameters still require grad: no graph
         finally:
             module.train(was_training)
-        return total / count + l2 * V
+        return _flatten(total, module, groups, len(V)).to(V.dtype) / count + l2 * V
 
     return matvec
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, clone
+from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
@@ -25,6 +26,17 @@ from ..parallel import all_scores, topk_scores
 from ..store import read_store, write_store
 
 __all__ = ["BaseExplainer"]
+
+
+def _decomposes_output(explainer: BaseExplainer) -> bool:
+    """True where the values add up to an output (``reconstruct``, ``score``), not to a change of loss."""
+    if explainer._explains_loss:
+        raise AttributeError(
+            f"{type(explainer).__name__} explains a change of test loss, which its values do not add up to, "
+            "so it has no reconstruct() or score() (those measure how well representer values rebuild the "
+            "model's logits). To grid-search it, pass a scoring, e.g. one built on skrep.metrics.loo_correlation."
+        )
+    return True
 
 
 class BaseExplainer(BaseEstimator):
@@ -356,11 +368,14 @@ class BaseExplainer(BaseEstimator):
             s = s + offset
         return s.double().numpy()
 
+    @available_if(_decomposes_output)
     def reconstruct(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
         """The decomposed outputs for every class and the model's own logits, each (n, k).
 
         Row ``t``, column ``c`` of the first is ``sum_i value(t, i) + prior`` when explaining class
-        (or output) ``c``; for a binary logistic head the single column is the margin.
+        (or output) ``c``; for a binary logistic head the single column is the margin. Only for
+        methods whose values add up to an output (representer points); influence methods explain
+        a change of loss, which their values do not sum to, so they have no ``reconstruct``.
         """
         check_is_fitted(self, "train_embedding_")
         phi, logits, _ = self._forward(X, fitted=True)
@@ -374,13 +389,16 @@ class BaseExplainer(BaseEstimator):
             cols.append(self._reconstruct(test, offset, prior))
         return torch.stack(cols, 1).numpy(), logits.double().numpy()
 
+    @available_if(_decomposes_output)
     def score(self, X: Any, y: Any = None) -> float:
         """Fidelity of the decomposition to the model: Pearson correlation (higher is better).
 
         Between the decomposed outputs and the model's own logits for every class, over the
         points of X. Softmax logits are compared after centering each row, since a constant
         shift of a row does not change the model's prediction. ``y`` is ignored (present for
-        ``GridSearchCV``).
+        ``GridSearchCV``). Only for representer methods (see :meth:`reconstruct`): an influence
+        method has no ``score``, so ``GridSearchCV`` over it needs a ``scoring``, e.g. one built
+        on :func:`skrep.metrics.loo_correlation`.
         """
         recon, logits = self.reconstruct(X)
         if self.adapter_.loss.name == "softmax":
