@@ -1,5 +1,6 @@
 """Kernels against explicit float64 computations."""
 
+import pickle
 import warnings
 
 import numpy as np
@@ -194,6 +195,7 @@ def test_weighted_leaf_matrix_products_equal_its_dense_form():
         for scale in (None, torch.rand(n, generator=g, dtype=torch.float64)):
             values = torch.randn(n, T, generator=g, dtype=torch.float64)
             A = LeafMatrix(index, L, ones=ones, scale=scale, values=values, dtype=torch.float64)
+            pickled_size = len(pickle.dumps(A))
             ref = torch.zeros(n, L + 1, dtype=torch.float64)
             for i in range(n):
                 for t in range(T):
@@ -206,6 +208,11 @@ def test_weighted_leaf_matrix_products_equal_its_dense_form():
             torch.testing.assert_close(A @ W, ref @ W)
             G = torch.randn(2, n, generator=g, dtype=torch.float64)
             torch.testing.assert_close(G @ A, G @ ref)
+            # rows rescaled share A's transposed index; a pickled copy builds its own
+            w_rows = torch.rand(n, generator=g, dtype=torch.float64)
+            torch.testing.assert_close(G[:1] @ (A * w_rows), G[:1] @ (ref * w_rows[:, None]))
+            torch.testing.assert_close(G @ pickle.loads(pickle.dumps(A)), G @ ref)
+            assert len(pickle.dumps(A)) == pickled_size  # the cache is not shipped
             torch.testing.assert_close(A.cooccurrence(A[10:30]), ref @ ref[10:30].T)
             torch.testing.assert_close(rowdot(A, A), (ref * ref).sum(1))
             dense = torch.randn(n, ref.shape[1], generator=g, dtype=torch.float64)

@@ -79,6 +79,11 @@ class LeafMatrix:
         self.scale = scale
         self.values = values
         self._dtype = dtype
+        self._cache: dict = {}  # the transposed index, shared with rescaled copies (see _like)
+
+    def __getstate__(self) -> dict:
+        # the cache is rebuilt where needed, not shipped (stores, loky and Dask workers)
+        return {**self.__dict__, "_cache": {}}
 
     # ---- tensor-like surface ----------------------------------------------------------------------
     def __len__(self) -> int:
@@ -106,7 +111,7 @@ class LeafMatrix:
     def _like(
         self, index: torch.Tensor | None = None, scale: Any = False, values: Any = False, **kw: Any
     ) -> LeafMatrix:
-        return LeafMatrix(
+        out = LeafMatrix(
             self.index if index is None else index,
             self.n_leaves,
             kw.get("ones", self.ones),
@@ -114,6 +119,9 @@ class LeafMatrix:
             kw.get("dtype", self._dtype),
             self.values if values is False else values,
         )
+        if out.index is self.index and out.values is self.values:  # rescaled rows: the same transposed index
+            out._cache = self._cache
+        return out
 
     def to(self, device: Any = None, dtype: Any = None, non_blocking: bool = False) -> LeafMatrix:
         """Move (ids and scale) and/or change the dtype of the values; ``to(dtype)`` works too."""
@@ -198,7 +206,7 @@ class LeafMatrix:
 
     def _by_leaf(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The transposed index, built once: row ids grouped by leaf, each leaf's start, their entries."""
-        if getattr(self, "_by_leaf_cache", None) is None:
+        if "by_leaf" not in self._cache:
             ids = self.index.reshape(-1)
             order = torch.argsort(ids, stable=True)
             counts = torch.bincount(ids, minlength=self.n_leaves + 1)[: self.n_leaves]
@@ -207,8 +215,8 @@ class LeafMatrix:
             dtype = torch.int32 if small else torch.int64
             starts = (torch.cumsum(counts, 0) - counts).to(dtype)
             entries = None if self.values is None else self.values.reshape(-1)[active]
-            self._by_leaf_cache = ((active // self.index.shape[1]).to(dtype), starts, entries)
-        return self._by_leaf_cache
+            self._cache["by_leaf"] = ((active // self.index.shape[1]).to(dtype), starts, entries)
+        return self._cache["by_leaf"]
 
     def cooccurrence(self, other: LeafMatrix) -> torch.Tensor:
         """``self @ other.T``: (len(self), len(other)), the (scaled) number of shared leaves."""
