@@ -9,7 +9,7 @@ The parameters are split into groups whose per-sample gradients have a cheap exa
 
 A flat parameter vector lists the groups in that order: each Linear as ``(out, in [+ 1])`` rows
 (its weight row, then its bias entry), then the other parameters flattened in module order.
-Hessian-vector products (Pearlmutter: forward-over-reverse ``jvp(grad)``) use the same layout.
+Hessian-vector products (Pearlmutter: reverse-over-reverse, the pullback of the gradient) use the same layout.
 """
 
 from __future__ import annotations
