@@ -267,7 +267,7 @@ def hessian_operator(
                 x_all, t_all = batches[i]
                 for s in range(0, len(t_all), rows):
                     x, t = _batch_rows(x_all, slice(s, s + rows)), t_all[s : s + rows]
-                    _, pullback = vjp(lambda p, x=x, t=t: grad(batch_loss)(p, x, t), params)
+                    pullback = vjp(lambda p, x=x, t=t: grad(batch_loss)(p, x, t), params)[1]
                     out = vmap(pullback)(cotangents)[0]
                     for k, v in out.items():  # summed per parameter, flattened once per product
                         total[k] += v.detach()  # untraced parameters still require grad: no graph
