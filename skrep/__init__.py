@@ -1,7 +1,8 @@
 """skrep: explain a trained model's predictions by the training points and neurons behind them.
 
 Every explainer has scikit-learn's estimator shape: ``fit`` on the training set, ``explain``
-on test points, ``score`` for model selection. See shared/DESIGN.md for the architecture.
+on test points; representer methods also ``score`` for model selection (influence methods take a
+``scoring``). See shared/DESIGN.md for the architecture.
 """
 
 from ._version import __version__

@@ -18,7 +18,7 @@ from sklearn.model_selection import GridSearchCV, KFold
 from sklearn.utils.estimator_checks import parametrize_with_checks
 from torch import nn
 
-from skrep import InfluenceFunctions, RepresenterLJE, RepresenterPoints, TracIn
+from skrep import BoostingTracIn, InfluenceFunctions, RepresenterLJE, RepresenterPoints, TracIn
 from skrep.cleaning import CleanLabelsClassifier, LabelCleaner
 from skrep.demo import load_digits_data, train_mlp
 from skrep.selection import RepresenterSelector
@@ -135,4 +135,4 @@ def test_influence_methods_have_no_logit_score(small_mlp, make):
     assert "change of test loss" in str(info.value.__cause__) and "scoring" in str(info.value.__cause__)
     with pytest.raises(TypeError, match="score"):  # sklearn asks for a scoring instead
         GridSearchCV(make(net), {"random_state": [0, 1]}).fit(X[:100], y[:100])
-    assert hasattr(RepresenterPoints(net), "score")
+    assert hasattr(RepresenterPoints(net), "score") and not hasattr(BoostingTracIn(None), "score")

@@ -101,7 +101,12 @@ def test_exact_all_parameters_equals_hand_built_hessian():
     Xt, yt = torch.as_tensor(rng.normal(size=(4, 5))), torch.as_tensor(rng.integers(0, 3, 4))
     damping, l2 = 0.05, 0.01
     net = _train_full_batch(net, X, y, l2, 300)  # near a minimum, so H + damping is positive definite
-    values = InfluenceFunctions(net, params="all", damping=damping, l2=l2).fit(X, y).explain(Xt, yt).values
+    explainer = InfluenceFunctions(net, params="all", damping=damping, l2=l2).fit(X, y)
+    values = explainer.explain(Xt, yt).values
+    # block CG hands the Hessian product the transpose of its block: the layout must not matter
+    block = torch.randn(explainer.n_params_, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    matvec = explainer._operators()[0]
+    torch.testing.assert_close(matvec(block.T), matvec(block.T.contiguous()), rtol=1e-12, atol=1e-12)
 
     params = [p.detach().clone() for p in net.parameters()]
     shapes = [p.shape for p in params]

@@ -213,6 +213,12 @@ def test_weighted_leaf_matrix_products_equal_its_dense_form():
             torch.testing.assert_close(G[:1] @ (A * w_rows), G[:1] @ (ref * w_rows[:, None]))
             torch.testing.assert_close(G @ pickle.loads(pickle.dumps(A)), G @ ref)
             assert len(pickle.dumps(A)) == pickled_size  # the cache is not shipped
+            assert (A * w_rows)._cache is A._cache and A.float()._cache is A._cache
+            torch.testing.assert_close(G.float() @ A.float(), (G @ ref).float())  # new values: own entries
+            old = {k: v for k, v in A.__dict__.items() if k != "_cache"} | {"_csr_cache": None}
+            unpickled = LeafMatrix.__new__(LeafMatrix)
+            unpickled.__setstate__(old)  # a pickle from before the transposed index
+            torch.testing.assert_close(G @ unpickled, G @ ref)
             torch.testing.assert_close(A.cooccurrence(A[10:30]), ref @ ref[10:30].T)
             torch.testing.assert_close(rowdot(A, A), (ref * ref).sum(1))
             dense = torch.randn(n, ref.shape[1], generator=g, dtype=torch.float64)

@@ -45,6 +45,8 @@ class LeafMatrix:
         Row multipliers.
     values : Tensor of shape (n, n_trees) or None
         The entries at the leaf ids (None: ones). Inactive entries count as zero whatever they hold.
+        ``index`` and ``values`` are not to be changed in place once the matrix has been used:
+        products cache the index transposed.
     dtype : torch.dtype
         The dtype of the matrix's values and of its products.
 
@@ -85,6 +87,11 @@ class LeafMatrix:
         # the cache is rebuilt where needed, not shipped (stores, loky and Dask workers)
         return {**self.__dict__, "_cache": {}}
 
+    def __setstate__(self, state: dict) -> None:
+        state.pop("_csr_cache", None)  # pickled by versions that multiplied through scipy
+        state.setdefault("_cache", {})
+        self.__dict__.update(state)
+
     # ---- tensor-like surface ----------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self.index)
@@ -119,7 +126,7 @@ class LeafMatrix:
             kw.get("dtype", self._dtype),
             self.values if values is False else values,
         )
-        if out.index is self.index and out.values is self.values:  # rescaled rows: the same transposed index
+        if out.index is self.index:  # the same leaf ids: the same transposed index
             out._cache = self._cache
         return out
 
@@ -191,7 +198,7 @@ class LeafMatrix:
         """``G @ f`` for a dense G of shape (m, n): (m, n_leaves [+ 1])."""
         if not isinstance(G, torch.Tensor) or G.ndim != 2 or G.shape[1] != len(self):
             return NotImplemented
-        Gs = self._row_scaled(G.T)  # (n, m)
+        Gs = self._row_scaled(G.T.detach())  # (n, m)
         rows, starts, entries = self._by_leaf()
         # each leaf's column sums the rows it holds: an embedding_bag over the transposed index,
         # multi-threaded, 2-4x scipy's single-threaded CSR transpose product at 100,000 rows x 500
@@ -205,18 +212,26 @@ class LeafMatrix:
         return out.T
 
     def _by_leaf(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """The transposed index, built once: row ids grouped by leaf, each leaf's start, their entries."""
+        """The transposed index: row ids grouped by leaf, each leaf's start, and the entries in that order.
+
+        The grouping is built once per ``index`` (copies that keep it share it), the entries once
+        per ``values`` object.
+        """
         if "by_leaf" not in self._cache:
             ids = self.index.reshape(-1)
             order = torch.argsort(ids, stable=True)
             counts = torch.bincount(ids, minlength=self.n_leaves + 1)[: self.n_leaves]
             active = order[: int(counts.sum())]  # the inactive id sorts last and is left out
-            small = len(ids) < 2**31  # int32 ids halve the index's memory
-            dtype = torch.int32 if small else torch.int64
+            dtype = torch.int32 if len(ids) < 2**31 else torch.int64  # int32 ids halve the index's memory
             starts = (torch.cumsum(counts, 0) - counts).to(dtype)
-            entries = None if self.values is None else self.values.reshape(-1)[active]
-            self._cache["by_leaf"] = ((active // self.index.shape[1]).to(dtype), starts, entries)
-        return self._cache["by_leaf"]
+            self._cache["by_leaf"] = ((active // self.index.shape[1]).to(dtype), starts, active)
+        rows, starts, active = self._cache["by_leaf"]
+        if self.values is None:
+            return rows, starts, None
+        held = self._cache.get("entries")
+        if held is None or held[0] is not self.values:
+            held = self._cache["entries"] = (self.values, self.values.reshape(-1)[active])
+        return rows, starts, held[1]
 
     def cooccurrence(self, other: LeafMatrix) -> torch.Tensor:
         """``self @ other.T``: (len(self), len(other)), the (scaled) number of shared leaves."""
