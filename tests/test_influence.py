@@ -103,7 +103,7 @@ def test_exact_all_parameters_equals_hand_built_hessian():
     net = _train_full_batch(net, X, y, l2, 300)  # near a minimum, so H + damping is positive definite
     explainer = InfluenceFunctions(net, params="all", damping=damping, l2=l2).fit(X, y)
     values = explainer.explain(Xt, yt).values
-    # block CG hands the Hessian product the transpose of its block: the layout must not matter
+    # a Hessian product of a transposed (strided) block: the layout must not change the numbers
     block = torch.randn(explainer.n_params_, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     matvec = explainer._operators()[0]
     torch.testing.assert_close(matvec(block.T), matvec(block.T.contiguous()), rtol=1e-12, atol=1e-12)

@@ -254,9 +254,7 @@ def hessian_operator(
         try:
             ids = range(len(batches)) if batch_ids is None else batch_ids
             count = sum(len(batches[i][1]) for i in ids)
-            # contiguous: block CG passes the transpose of its (P, m) block, and vmapped products over
-            # a batch dimension of stride 1 ran 25% slower
-            flat = _unflatten(V.to(next(iter(params.values())).dtype).contiguous(), module, groups)
+            flat = _unflatten(V.to(next(iter(params.values())).dtype), module, groups)
             cotangents = {k: flat[k] for k in params}  # the same key order as the primals (a pytree)
             total = torch.zeros_like(V)
             # vectors x rows per product bounded, so that the vmapped activations stay in cache:

@@ -81,7 +81,7 @@ class LeafMatrix:
         self.scale = scale
         self.values = values
         self._dtype = dtype
-        self._cache: dict = {}  # the transposed index, shared with rescaled copies (see _like)
+        self._cache: dict = {}  # the transposed index, shared by copies with the same ids (see _like)
 
     def __getstate__(self) -> dict:
         # the cache is rebuilt where needed, not shipped (stores, loky and Dask workers)
